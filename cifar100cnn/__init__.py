@@ -1,0 +1,9 @@
+"""CIFAR-100 classification with Keras 3: data, models, training, evaluation, visualization.
+
+Modules: ``data`` (loading, split, synthetic data, tf.data), ``models`` (the four models and
+their recipes), ``training`` (fit with checkpoints/resume, VGG16 features), ``tuning``
+(keras-tuner search), ``artifacts`` (atomic saves, safe loads), ``evaluation`` and
+``visualization``.
+"""
+
+__version__ = "0.1.0"

@@ -1,0 +1,168 @@
+"""Saving and loading of models, arrays and histories: atomic writes, safe reads.
+
+Every write goes to a temporary file in the target folder and is renamed into place, so an
+interruption never leaves a truncated file under the final name. Every model read goes
+through ``load_model``, which keeps Keras' ``safe_mode`` on and checks the model's shape.
+"""
+
+import contextlib
+import json
+import os
+import tempfile
+
+import numpy as np
+
+MODEL_FILES = {
+    "baseline": "cifar100_basic_cnn.keras",
+    "overfit": "cifar100_overfit_cnn.keras",
+    "third": "cifar100_third_cnn.keras",
+    "third_seed": "cifar100_third_seed_cnn.keras",
+    "vgg16": "cifar100_vgg16_cnn.keras",
+}
+PRODUCED_BY = {
+    "baseline": "TrainingModels.ipynb",
+    "overfit": "TrainingModels.ipynb",
+    "vgg16": "TrainingModels.ipynb",
+    "third": "ThirdModel.ipynb",
+    "third_seed": "ThirdModel.ipynb",
+}
+X_TEST_FILE = "cifar100_x_test.npy"
+Y_TEST_FILE = "cifar100_y_test.npy"
+
+
+class ArtifactError(RuntimeError):
+    """A saved model or array is missing, unsafe or of the wrong shape."""
+
+
+def model_path(name, models_dir="models"):
+    if name not in MODEL_FILES:
+        raise ValueError(f"unknown model name {name!r}; expected one of {list(MODEL_FILES)}")
+    return os.path.join(models_dir, MODEL_FILES[name])
+
+
+def history_path(name, models_dir="models"):
+    return model_path(name, models_dir).replace(".keras", ".history.json")
+
+
+@contextlib.contextmanager
+def atomic_path(path):
+    """Yield a temporary path beside ``path``; rename it onto ``path`` only on success."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    base = os.path.basename(path)
+    stem, suffix = os.path.splitext(base)
+    if base.endswith(".weights.h5"):
+        suffix = ".weights.h5"
+    handle, tmp = tempfile.mkstemp(prefix=f".{stem}.", suffix=".tmp" + suffix, dir=folder)
+    os.close(handle)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def export_copy(model):
+    """A float32, uncompiled copy of ``model``: no optimizer state, no mixed-precision policy."""
+    import keras
+
+    def as_float32(layer):
+        config = layer.get_config()
+        if "dtype" in config:
+            config["dtype"] = "float32"
+        return layer.__class__.from_config(config)
+
+    copy = keras.models.clone_model(model, clone_function=as_float32, recursive=True)
+    copy.set_weights(model.get_weights())
+    return copy
+
+
+def save_model(model, path):
+    """Save ``model`` (without optimizer state) atomically as a ``.keras`` file."""
+    if not str(path).endswith(".keras"):
+        raise ValueError(f"model files must end in .keras, got {path!r}")
+    copy = export_copy(model)
+    with atomic_path(path) as tmp:
+        os.remove(tmp)  # Keras refuses to overwrite without asking
+        copy.save(tmp)
+    return path
+
+
+def load_model(path, expected_input=(32, 32, 3), expected_classes=100):
+    """Load a ``.keras`` model with ``safe_mode=True`` and check its input and output shapes."""
+    import keras
+
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        name = next((n for n, f in MODEL_FILES.items() if path.endswith(f)), None)
+        hint = f" Run {PRODUCED_BY[name]} to produce it." if name else ""
+        raise ArtifactError(f"model file not found: {path}.{hint}")
+    try:
+        model = keras.models.load_model(path, compile=False, safe_mode=True)
+    except Exception as error:
+        text = str(error)
+        if "Lambda" in text or "safe_mode" in text or "unsafe" in text.lower():
+            raise ArtifactError(
+                f"{path} contains a Lambda layer or other arbitrary code, which can run "
+                "anything on your machine. It was refused: loading keeps safe_mode=True. "
+                "Use models saved by this project (they need no custom code).") from None
+        raise ArtifactError(f"{path} is not a loadable Keras model ({type(error).__name__}: "
+                            f"{text[:300]}). Re-create it with the notebook that produced it.") from None
+    input_shape = tuple(model.input_shape[1:]) if not isinstance(model.input_shape, list) else None
+    output_shape = tuple(model.output_shape[1:]) if not isinstance(model.output_shape, list) else None
+    if input_shape != tuple(expected_input):
+        raise ArtifactError(f"{path} takes inputs of shape {input_shape}; expected "
+                            f"{tuple(expected_input)} (32x32 RGB images).")
+    if output_shape != (expected_classes,):
+        raise ArtifactError(f"{path} outputs shape {output_shape}; expected ({expected_classes},) "
+                            "(one probability per CIFAR-100 class).")
+    return model
+
+
+def save_array(array, path):
+    """Save a numpy array atomically; float64 is refused (use float32/float16/uint8)."""
+    array = np.asarray(array)
+    if array.dtype == np.float64 or array.dtype == object:
+        raise ValueError(f"refusing to save a {array.dtype} array to {path}; "
+                         "convert it to float32, float16 or an integer type first.")
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as handle:
+            np.save(handle, array, allow_pickle=False)
+    return path
+
+
+def load_array(path):
+    """Load a ``.npy`` file with ``allow_pickle=False`` (object arrays are refused)."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise ArtifactError(f"array file not found: {path}. Run TrainingModels.ipynb to produce "
+                            "the test arrays.")
+    try:
+        return np.load(path, allow_pickle=False)
+    except ValueError as error:
+        raise ArtifactError(f"{path} holds Python objects (pickled data), which could run code "
+                            f"when loaded; it was refused ({error}).") from None
+
+
+def save_json(data, path):
+    with atomic_path(path) as tmp:
+        with open(tmp, "w") as handle:
+            json.dump(data, handle, indent=1)
+    return path
+
+
+def load_json(path):
+    with open(path) as handle:
+        return json.load(handle)
+
+
+def load_test_arrays(arrays_dir="arrays"):
+    """The test images (uint8) and labels written by TrainingModels.ipynb, checked."""
+    from .data import check_images, check_labels
+
+    x_test = load_array(os.path.join(arrays_dir, X_TEST_FILE))
+    y_test = load_array(os.path.join(arrays_dir, Y_TEST_FILE))
+    check_images(x_test, X_TEST_FILE)
+    check_labels(y_test, len(x_test), Y_TEST_FILE)
+    return x_test, y_test

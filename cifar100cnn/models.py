@@ -1,0 +1,250 @@
+"""The four models of the original project, plus our tuned third model.
+
+Every model takes raw 32x32x3 images with pixel values 0-255 (uint8 or float) and holds its
+own preprocessing as built-in, parameter-free or frozen layers, so any saved model loads
+with ``keras.models.load_model(path)`` under ``safe_mode=True`` and needs no custom code.
+
+Each recipe's hyperparameters live in ``RECIPES`` below, in one place.
+"""
+
+import os
+
+import keras
+import numpy as np
+from keras import layers
+
+from .data import IMAGE_SHAPE, NUM_CLASSES
+
+# VGG16's own ("caffe") preprocessing: RGB -> BGR, then subtract the ImageNet BGR mean.
+VGG16_BGR_MEAN = (103.939, 116.779, 123.68)
+VGG16_BASE_PARAMS = 14_714_688
+
+# One place for every recipe's training hyperparameters.
+RECIPES = {
+    "baseline": dict(epochs=30, batch_size=100, optimizer="rmsprop", learning_rate=1e-3,
+                     augmentation=None, early_stopping=None),
+    "overfit": dict(epochs=100, batch_size=100, optimizer="rmsprop", learning_rate=1e-3,
+                    augmentation=None, early_stopping=None),
+    # The original's third model: rotation 40 deg, vertical flip, shifts 0.2 (nearest fill).
+    "third_seed": dict(epochs=30, batch_size=100, optimizer="rmsprop", learning_rate=1e-3,
+                       augmentation="seed", early_stopping=None),
+    # Ours: residual BN network, flips + small shifts, one-cycle SGD, label smoothing.
+    "third_tuned": dict(epochs=30, batch_size=128, optimizer="sgd", learning_rate=0.1,
+                        momentum=0.9, weight_decay=5e-4, label_smoothing=0.1,
+                        width=32, dropout=0.2, augmentation="tuned", early_stopping=8),
+    # VGG16 head on cached features of the frozen base.
+    "vgg16": dict(epochs=100, batch_size=100, optimizer="rmsprop", learning_rate=1e-3,
+                  augmentation=None, early_stopping=None),
+    # Optional fine-tuning of block 5 after the head is trained (GPU users).
+    "vgg16_finetune": dict(epochs=10, batch_size=100, optimizer="rmsprop", learning_rate=1e-5,
+                           augmentation="tuned", early_stopping=4),
+}
+THIRD_PRESETS = ("tuned", "seed")
+
+
+def _inputs(name="image"):
+    return keras.Input(shape=IMAGE_SHAPE, name=name)
+
+
+def _rescale(inputs):
+    return layers.Rescaling(1.0 / 255, name="rescale_0_1")(inputs)
+
+
+def _classifier(x, name="predictions"):
+    # float32 output keeps softmax stable under mixed precision.
+    return layers.Dense(NUM_CLASSES, activation="softmax", dtype="float32", name=name)(x)
+
+
+def build_baseline():
+    """Conv32 -> pool -> Dense256 -> Dense100: 1,870,052 parameters."""
+    inputs = _inputs()
+    x = _rescale(inputs)
+    x = layers.Conv2D(32, 3, activation="relu")(x)
+    x = layers.MaxPooling2D(2)(x)
+    x = layers.Flatten()(x)
+    x = layers.Dense(256, activation="relu")(x)
+    return keras.Model(inputs, _classifier(x), name="baseline")
+
+
+def _original_conv_base(x):
+    x = layers.Conv2D(32, 3, activation="relu")(x)
+    x = layers.MaxPooling2D(2)(x)
+    x = layers.Conv2D(64, 3, activation="relu")(x)
+    x = layers.MaxPooling2D(2)(x)
+    x = layers.Conv2D(128, 3, activation="relu")(x)
+    return layers.Flatten()(x)
+
+
+def build_overfit():
+    """Conv32-pool-Conv64-pool-Conv128 -> Dense512 -> Dense256 -> Dense100: 1,299,364 parameters."""
+    inputs = _inputs()
+    x = _original_conv_base(_rescale(inputs))
+    x = layers.Dense(512, activation="relu")(x)
+    x = layers.Dense(256, activation="relu")(x)
+    return keras.Model(inputs, _classifier(x), name="overfit")
+
+
+def build_third_seed():
+    """The original third model: the overfit conv base, Dropout(0.5), Dense256: 643,492 parameters."""
+    inputs = _inputs()
+    x = _original_conv_base(_rescale(inputs))
+    x = layers.Dropout(0.5)(x)
+    x = layers.Dense(256, activation="relu")(x)
+    return keras.Model(inputs, _classifier(x), name="third_seed")
+
+
+def _conv_bn(x, filters, pool=False):
+    x = layers.Conv2D(filters, 3, padding="same", use_bias=False,
+                      kernel_initializer="he_normal")(x)
+    x = layers.BatchNormalization()(x)
+    x = layers.ReLU()(x)
+    return layers.MaxPooling2D(2)(x) if pool else x
+
+
+def _residual(x, filters):
+    y = _conv_bn(_conv_bn(x, filters), filters)
+    return layers.Add()([x, y])
+
+
+def build_third_tuned(width=32, dropout=0.2):
+    """A ResNet-9-style network: BN conv blocks, two residual stages, global pooling.
+
+    ``width`` 32 gives 1.67 M parameters (fast on CPUs); 64 gives 6.6 M (for GPUs).
+    """
+    inputs = _inputs()
+    # Standardize with CIFAR-100's channel statistics (fixed, parameter-free).
+    x = layers.Rescaling(1.0 / (255 * np.array([0.2673, 0.2564, 0.2762])),
+                         offset=-np.array([0.5071, 0.4865, 0.4409]) / np.array([0.2673, 0.2564, 0.2762]),
+                         name="standardize")(inputs)
+    x = _conv_bn(x, width)
+    x = _conv_bn(x, 2 * width, pool=True)
+    x = _residual(x, 2 * width)
+    x = _conv_bn(x, 4 * width, pool=True)
+    x = _conv_bn(x, 8 * width, pool=True)
+    x = _residual(x, 8 * width)
+    x = layers.GlobalMaxPooling2D()(x)
+    x = layers.Dropout(dropout)(x)
+    return keras.Model(inputs, _classifier(x), name="third_tuned")
+
+
+def build_third(preset="tuned", **overrides):
+    if preset == "seed":
+        return build_third_seed()
+    if preset == "tuned":
+        recipe = RECIPES["third_tuned"]
+        kwargs = {"width": recipe["width"], "dropout": recipe["dropout"], **overrides}
+        return build_third_tuned(**kwargs)
+    raise ValueError(f"unknown third-model preset {preset!r}; expected one of {THIRD_PRESETS}")
+
+
+# ---------------------------------------------------------------------------
+# Augmentation
+# ---------------------------------------------------------------------------
+
+def build_augmentation(kind, seed=0):
+    """Random layers applied to training batches in the tf.data pipeline."""
+    if kind is None:
+        return None
+    if kind == "seed":  # the original ImageDataGenerator settings
+        return keras.Sequential([
+            layers.RandomRotation(40 / 360, fill_mode="nearest", seed=seed),
+            layers.RandomFlip("vertical", seed=seed),
+            layers.RandomTranslation(0.2, 0.2, fill_mode="nearest", seed=seed),
+        ], name="augment_seed")
+    if kind == "tuned":  # what suits natural images: mirror and small shifts
+        return keras.Sequential([
+            layers.RandomFlip("horizontal", seed=seed),
+            layers.RandomTranslation(0.125, 0.125, fill_mode="reflect", seed=seed),
+        ], name="augment_tuned")
+    raise ValueError(f"unknown augmentation {kind!r}; expected None, 'seed' or 'tuned'")
+
+
+# ---------------------------------------------------------------------------
+# VGG16 transfer
+# ---------------------------------------------------------------------------
+
+VGG16_WEIGHTS_HELP = (
+    "The ImageNet weights of VGG16 could not be downloaded. On a machine with internet "
+    "access, download vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5 (58 MB) from "
+    "https://storage.googleapis.com/tensorflow/keras-applications/vgg16/ , copy it here and "
+    "pass its path as `vgg16_weights=` (notebook parameter) or set the environment variable "
+    "VGG16_WEIGHTS=/path/to/vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5.")
+
+
+class WeightsUnavailableError(RuntimeError):
+    """VGG16's ImageNet weights cannot be obtained."""
+
+
+def resolve_vgg16_weights(weights="imagenet"):
+    """``"imagenet"`` unless ``VGG16_WEIGHTS`` names a local file; check a given file exists."""
+    if weights == "imagenet" and os.environ.get("VGG16_WEIGHTS"):
+        weights = os.environ["VGG16_WEIGHTS"]
+    if weights not in ("imagenet", None) and not os.path.isfile(weights):
+        raise WeightsUnavailableError(f"VGG16 weights file not found: {weights!r}.\n"
+                                      + VGG16_WEIGHTS_HELP)
+    return weights
+
+
+def build_vgg16_base(weights="imagenet"):
+    """The frozen convolutional base of VGG16 for 32x32 inputs (14,714,688 parameters)."""
+    weights = resolve_vgg16_weights(weights)
+    try:
+        base = keras.applications.VGG16(include_top=False, weights=weights, input_shape=IMAGE_SHAPE)
+    except Exception as error:
+        if weights != "imagenet":
+            raise
+        raise WeightsUnavailableError(f"{VGG16_WEIGHTS_HELP}\n({type(error).__name__}: {error})") from None
+    base.trainable = False
+    return base
+
+
+def vgg16_preprocessing():
+    """VGG16's caffe preprocessing as a frozen 1x1 convolution (no Lambda, no custom code).
+
+    Channel c of the output is ``x[..., 2 - c] - VGG16_BGR_MEAN[c]``, exactly
+    ``keras.applications.vgg16.preprocess_input``. Kept in float32 under mixed precision.
+    """
+    layer = layers.Conv2D(3, 1, name="vgg16_preprocess", dtype="float32", trainable=False)
+    layer.build((None,) + IMAGE_SHAPE)
+    swap_rgb_bgr = np.eye(3, dtype="float32")[::-1].reshape(1, 1, 3, 3)
+    layer.set_weights([swap_rgb_bgr, -np.array(VGG16_BGR_MEAN, dtype="float32")])
+    return layer
+
+
+def build_vgg16_head(feature_shape=(1, 1, 512)):
+    """Flatten -> Dense512 -> Dense256 -> Dense100 on VGG16 features: 419,684 parameters."""
+    features = keras.Input(shape=feature_shape, name="vgg16_features")
+    x = layers.Flatten()(features)
+    x = layers.Dense(512, activation="relu")(x)
+    x = layers.Dense(256, activation="relu")(x)
+    return keras.Model(features, _classifier(x), name="vgg16_head")
+
+
+def assemble_vgg16(base, head):
+    """One model from raw images: preprocessing -> frozen base -> trained head."""
+    inputs = _inputs()
+    x = vgg16_preprocessing()(inputs)
+    x = base(x, training=False)
+    return keras.Model(inputs, head(x), name="vgg16_transfer")
+
+
+def build_vgg16(weights="imagenet"):
+    base = build_vgg16_base(weights)
+    return assemble_vgg16(base, build_vgg16_head(base.output_shape[1:]))
+
+
+def unfreeze_block5(model):
+    """For fine-tuning: make VGG16's block 5 trainable, keep blocks 1-4 frozen."""
+    base = next(layer for layer in model.layers if layer.name == "vgg16")
+    base.trainable = True
+    for layer in base.layers:
+        layer.trainable = layer.name.startswith("block5")
+    return model
+
+
+BUILDERS = {
+    "baseline": build_baseline,
+    "overfit": build_overfit,
+    "third_seed": build_third_seed,
+    "third_tuned": build_third_tuned,
+}

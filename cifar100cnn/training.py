@@ -1,0 +1,290 @@
+"""Compile, fit with checkpoints and resume, save. Also device set-up and VGG16 features."""
+
+import os
+import time
+
+import keras
+import numpy as np
+import tensorflow as tf
+from tqdm.auto import tqdm
+
+from . import artifacts
+from .data import make_pipeline
+from .models import (RECIPES, assemble_vgg16, build_augmentation, build_vgg16_base,
+                     build_vgg16_head, vgg16_preprocessing)
+
+
+def set_seed(seed=0):
+    """Seed Python, NumPy and TensorFlow; make CPU kernels deterministic."""
+    keras.utils.set_random_seed(seed)
+    if not tf.config.list_physical_devices("GPU"):
+        tf.config.experimental.enable_op_determinism()
+
+
+def configure_hardware(mixed_precision="auto"):
+    """Describe the devices; on GPUs turn on mixed precision; pick a distribution strategy.
+
+    Returns ``(strategy, description)``. Several GPUs -> ``MirroredStrategy``.
+    """
+    gpus = tf.config.list_physical_devices("GPU")
+    use_mixed = bool(gpus) if mixed_precision == "auto" else bool(mixed_precision)
+    keras.mixed_precision.set_global_policy("mixed_float16" if use_mixed else "float32")
+    if len(gpus) > 1:
+        strategy = tf.distribute.MirroredStrategy()
+    else:
+        strategy = tf.distribute.get_strategy()
+    if gpus:
+        names = [tf.config.experimental.get_device_details(g).get("device_name", g.name) for g in gpus]
+        where = f"{len(gpus)} GPU(s): {', '.join(names)}"
+    else:
+        where = f"CPU only ({os.cpu_count()} cores)"
+    text = (f"TensorFlow {tf.__version__}, Keras {keras.__version__}; {where}; "
+            f"precision {keras.mixed_precision.global_policy().name}; "
+            f"strategy {type(strategy).__name__} with {strategy.num_replicas_in_sync} replica(s)")
+    return strategy, text
+
+
+def check_epochs(epochs):
+    if not isinstance(epochs, (int, np.integer)) or epochs < 1:
+        raise ValueError(f"epochs must be a positive integer, got {epochs!r}")
+    return int(epochs)
+
+
+def make_optimizer(recipe, steps_per_epoch, epochs):
+    if recipe["optimizer"] == "rmsprop":
+        return keras.optimizers.RMSprop(recipe["learning_rate"])
+    if recipe["optimizer"] == "sgd":
+        # One-cycle-like: linear warm-up over ~15% of training, then cosine decay to zero.
+        total = steps_per_epoch * epochs
+        warmup = max(1, int(0.15 * total))
+        schedule = keras.optimizers.schedules.CosineDecay(
+            recipe["learning_rate"] / 10, decay_steps=total - warmup,
+            warmup_target=recipe["learning_rate"], warmup_steps=warmup)
+        optimizer = keras.optimizers.SGD(schedule, momentum=recipe["momentum"], nesterov=True,
+                                         weight_decay=recipe["weight_decay"])
+        optimizer.exclude_from_weight_decay(var_names=["gamma", "beta", "bias"])
+        return optimizer
+    raise ValueError(f"unknown optimizer {recipe['optimizer']!r}")
+
+
+def compile_model(model, recipe, steps_per_epoch, epochs):
+    loss = keras.losses.SparseCategoricalCrossentropy()
+    if recipe.get("label_smoothing"):
+        # Label smoothing needs one-hot targets; the pipeline stays sparse.
+        loss = SparseSmoothedCrossentropy(recipe["label_smoothing"])
+    model.compile(optimizer=make_optimizer(recipe, steps_per_epoch, epochs), loss=loss,
+                  metrics=["accuracy"])
+    return model
+
+
+@keras.saving.register_keras_serializable(package="cifar100cnn")
+class SparseSmoothedCrossentropy(keras.losses.Loss):
+    """Cross-entropy with label smoothing on integer labels (used in training only)."""
+
+    def __init__(self, label_smoothing=0.1, name="sparse_smoothed_crossentropy", **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.label_smoothing = label_smoothing
+
+    def call(self, y_true, y_pred):
+        y_true = keras.ops.one_hot(keras.ops.cast(keras.ops.reshape(y_true, [-1]), "int32"),
+                                   keras.ops.shape(y_pred)[-1])
+        return keras.losses.categorical_crossentropy(y_true, y_pred,
+                                                     label_smoothing=self.label_smoothing)
+
+    def get_config(self):
+        return {**super().get_config(), "label_smoothing": self.label_smoothing}
+
+
+class EpochLog(keras.callbacks.Callback):
+    """Writes the full history to JSON after every epoch, keyed by epoch number.
+
+    After a resume (BackupAndRestore), epochs continue from the right number, so the log
+    of an interrupted run ends up the same length as an uninterrupted one.
+    """
+
+    def __init__(self, path):
+        super().__init__()
+        self.path = path
+        self.epochs = {}
+        if os.path.exists(path):
+            self.epochs = artifacts.load_json(path)
+        self._started = None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._started = time.time()
+
+    def on_epoch_end(self, epoch, logs=None):
+        record = {key: float(value) for key, value in (logs or {}).items()}
+        record["seconds"] = time.time() - self._started
+        self.epochs[str(epoch)] = record
+        artifacts.save_json(self.epochs, self.path)
+
+    def best(self, key="val_accuracy"):
+        values = [record[key] for record in self.epochs.values() if key in record]
+        return max(values) if values else None
+
+
+def as_history(epoch_log):
+    """{"0": {...}, "1": {...}} -> {"accuracy": [...], ..., "seconds": [...]} in epoch order."""
+    ordered = [epoch_log[key] for key in sorted(epoch_log, key=int)]
+    keys = sorted({key for record in ordered for key in record})
+    return {key: [record.get(key) for record in ordered] for key in keys}
+
+
+def fit(model, train_ds, val_ds, recipe, work_dir, epochs=None, verbose=1):
+    """Compile and fit with best-weights checkpointing, resume and an epoch log.
+
+    Re-running after an interruption resumes from the last completed epoch. Returns the
+    history (dict of lists) with the best validation weights loaded into ``model``.
+    """
+    epochs = check_epochs(epochs if epochs is not None else recipe["epochs"])
+    os.makedirs(work_dir, exist_ok=True)
+    steps = int(train_ds.cardinality())
+    if steps < 1:
+        raise ValueError("the training dataset is empty; expected at least one batch")
+    compile_model(model, recipe, steps, epochs)
+    log = EpochLog(os.path.join(work_dir, "epochs.json"))
+    best_weights = os.path.join(work_dir, "best.weights.h5")
+    callbacks = [
+        keras.callbacks.BackupAndRestore(os.path.join(work_dir, "backup")),
+        keras.callbacks.ModelCheckpoint(best_weights, monitor="val_accuracy", mode="max",
+                                        save_best_only=True, save_weights_only=True,
+                                        initial_value_threshold=log.best()),
+        log,
+    ]
+    if recipe.get("early_stopping"):
+        callbacks.append(keras.callbacks.EarlyStopping(monitor="val_accuracy", mode="max",
+                                                       patience=recipe["early_stopping"]))
+    model.fit(train_ds, validation_data=val_ds, epochs=epochs, callbacks=callbacks,
+              verbose=verbose)
+    if os.path.exists(best_weights):
+        model.load_weights(best_weights)
+    return as_history(log.epochs)
+
+
+def finish(model, history, name, models_dir, work_dir):
+    """Save the model and its history under their final names, then drop the work folder."""
+    path = artifacts.save_model(model, artifacts.model_path(name, models_dir))
+    artifacts.save_json(history, artifacts.history_path(name, models_dir))
+    for leftover in ("epochs.json", "best.weights.h5"):
+        if os.path.exists(os.path.join(work_dir, leftover)):
+            os.remove(os.path.join(work_dir, leftover))
+    return path
+
+
+def existing(name, models_dir, retrain):
+    """The saved model and history when present and ``retrain`` is off, else ``None``."""
+    path = artifacts.model_path(name, models_dir)
+    if retrain or not os.path.exists(path):
+        return None
+    print(f"Reusing {path} (trained earlier); set retrain=True to train it again.")
+    model = artifacts.load_model(path)
+    history_file = artifacts.history_path(name, models_dir)
+    history = artifacts.load_json(history_file) if os.path.exists(history_file) else {}
+    return model, history
+
+
+def train_image_model(name, build, data, recipe_name, models_dir="models", epochs=None,
+                      retrain=False, seed=0, strategy=None, verbose=1):
+    """Build (under ``strategy``), train on ``data`` and save the model called ``name``.
+
+    Returns ``(model, history)``; an existing saved model is reused unless ``retrain``.
+    """
+    found = existing(name, models_dir, retrain)
+    if found:
+        return found
+    recipe = RECIPES[recipe_name]
+    epochs = check_epochs(epochs if epochs is not None else recipe["epochs"])
+    set_seed(seed)
+    augment = build_augmentation(recipe["augmentation"], seed=seed)
+    train_ds = make_pipeline(data.x_train, data.y_train, recipe["batch_size"], shuffle=True,
+                             augment=augment, seed=seed)
+    val_ds = make_pipeline(data.x_val, data.y_val, recipe["batch_size"])
+    strategy = strategy or tf.distribute.get_strategy()
+    with strategy.scope():
+        model = build()
+        model.summary()
+        work_dir = os.path.join(models_dir, "checkpoints", name)
+        history = fit(model, train_ds, val_ds, recipe, work_dir, epochs, verbose)
+    finish(model, history, name, models_dir, work_dir)
+    return model, history
+
+
+# ---------------------------------------------------------------------------
+# VGG16: features once, then the head
+# ---------------------------------------------------------------------------
+
+def predict_in_batches(model, x, batch_size=500, description="predict"):
+    """``model(x)`` batch by batch with a progress bar; halves the batch on GPU out-of-memory."""
+    outputs, start = [], 0
+    with tqdm(total=len(x), desc=description, unit="img") as bar:
+        while start < len(x):
+            batch = x[start:start + batch_size]
+            try:
+                outputs.append(np.asarray(model(batch, training=False), dtype=np.float32))
+            except tf.errors.ResourceExhaustedError:
+                if batch_size == 1:
+                    raise
+                batch_size = max(1, batch_size // 2)
+                print(f"Out of memory; retrying with batches of {batch_size}.")
+                continue
+            start += len(batch)
+            bar.update(len(batch))
+    return np.concatenate(outputs)
+
+
+def vgg16_feature_extractor(base):
+    inputs = keras.Input(shape=(32, 32, 3))
+    return keras.Model(inputs, base(vgg16_preprocessing()(inputs), training=False),
+                       name="vgg16_features")
+
+
+def train_vgg16(data, weights="imagenet", models_dir="models", epochs=None, retrain=False,
+                seed=0, finetune=False, strategy=None, verbose=1):
+    """Frozen VGG16 base run once over train/validation images, head trained on the features,
+    then base + head assembled into one model from raw images and saved."""
+    found = existing("vgg16", models_dir, retrain)
+    if found:
+        return found
+    recipe = RECIPES["vgg16"]
+    epochs = check_epochs(epochs if epochs is not None else recipe["epochs"])
+    set_seed(seed)
+    strategy = strategy or tf.distribute.get_strategy()
+    with strategy.scope():
+        base = build_vgg16_base(weights)
+        extractor = vgg16_feature_extractor(base)
+    train_features = predict_in_batches(extractor, data.x_train, description="VGG16 features (train)")
+    val_features = predict_in_batches(extractor, data.x_val, description="VGG16 features (validation)")
+    train_ds = feature_pipeline(train_features, data.y_train, recipe["batch_size"], shuffle=True, seed=seed)
+    val_ds = feature_pipeline(val_features, data.y_val, recipe["batch_size"])
+    work_dir = os.path.join(models_dir, "checkpoints", "vgg16")
+    with strategy.scope():
+        head = build_vgg16_head(train_features.shape[1:])
+        head.summary()
+        history = fit(head, train_ds, val_ds, recipe, work_dir, epochs, verbose)
+        model = assemble_vgg16(base, head)
+    if finetune:
+        history = finetune_vgg16(model, data, history, models_dir, seed, verbose)
+    finish(model, history, "vgg16", models_dir, work_dir)
+    return model, history
+
+
+def feature_pipeline(features, labels, batch_size, shuffle=False, seed=0):
+    ds = tf.data.Dataset.from_tensor_slices((features, labels))
+    if shuffle:
+        ds = ds.shuffle(len(features), seed=seed, reshuffle_each_iteration=True)
+    return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+
+
+def finetune_vgg16(model, data, history, models_dir="models", seed=0, verbose=1):
+    """Unfreeze block 5 and train the whole model from images at a low learning rate."""
+    from .models import unfreeze_block5
+
+    recipe = RECIPES["vgg16_finetune"]
+    unfreeze_block5(model)
+    train_ds = make_pipeline(data.x_train, data.y_train, recipe["batch_size"], shuffle=True,
+                             augment=build_augmentation(recipe["augmentation"], seed), seed=seed)
+    val_ds = make_pipeline(data.x_val, data.y_val, recipe["batch_size"])
+    work_dir = os.path.join(models_dir, "checkpoints", "vgg16_finetune")
+    tuned = fit(model, train_ds, val_ds, recipe, work_dir, recipe["epochs"], verbose)
+    return {key: history.get(key, []) + tuned.get(key, []) for key in set(history) | set(tuned)}
