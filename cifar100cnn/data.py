@@ -242,7 +242,7 @@ def class_count_range(y, num_classes=NUM_CLASSES):
 SYNTHETIC_FINE_NAMES = [f"syn{c:02d}_{f}" for c in range(NUM_SUPERCLASSES) for f in range(5)]
 SYNTHETIC_COARSE_NAMES = [f"syn_group{c:02d}" for c in range(NUM_SUPERCLASSES)]
 SYNTHETIC_FINE_TO_COARSE = np.arange(NUM_CLASSES) // 5
-_PATCH_SIZES = (12, 16, 20)
+_PATCH_SIZES = (16, 20, 24)
 
 
 def _smooth_noise(rng, count, size, cells):
@@ -256,7 +256,7 @@ def _class_templates(rng):
     """A 20x20 pattern per fine class: its superclass' pattern plus a class-specific part."""
     superclass = _smooth_noise(rng, NUM_SUPERCLASSES, 20, 4)
     own = _smooth_noise(rng, NUM_CLASSES, 20, 5)
-    templates = 0.55 * superclass[SYNTHETIC_FINE_TO_COARSE] + 0.45 * own
+    templates = 0.5 * superclass[SYNTHETIC_FINE_TO_COARSE] + 0.5 * own
     return templates / np.abs(templates).max(axis=(1, 2, 3), keepdims=True)
 
 
@@ -295,7 +295,7 @@ def _render(rng, scaled, count, chunk=5000):
 
 def _render_chunk(rng, scaled, labels):
     n = len(labels)
-    canvas = 0.35 * _smooth_noise(rng, n, 32, 4)
+    canvas = 0.3 * _smooth_noise(rng, n, 32, 4)
     sizes = rng.choice(_PATCH_SIZES, size=n)
     for size in _PATCH_SIZES:
         rows = np.flatnonzero(sizes == size)
@@ -307,9 +307,9 @@ def _render_chunk(rng, scaled, labels):
         ii = top[:, None] + np.arange(size)
         jj = left[:, None] + np.arange(size)
         canvas[rows[:, None, None], ii[:, :, None], jj[:, None, :]] = patch
-    gain = rng.uniform(0.6, 1.2, (n, 1, 1, 3)).astype(np.float32)
-    shift = rng.uniform(-0.25, 0.25, (n, 1, 1, 3)).astype(np.float32)
-    noise = rng.normal(0.0, 0.25, canvas.shape).astype(np.float32)
+    gain = rng.uniform(0.8, 1.1, (n, 1, 1, 3)).astype(np.float32)
+    shift = rng.uniform(-0.1, 0.1, (n, 1, 1, 3)).astype(np.float32)
+    noise = rng.normal(0.0, 0.15, canvas.shape).astype(np.float32)
     pixels = 127.5 + 100.0 * (canvas * gain + shift + noise)
     return np.clip(pixels, 0, 255).astype(np.uint8)
 

@@ -21,16 +21,25 @@ def set_seed(seed=0):
         tf.config.experimental.enable_op_determinism()
 
 
-def configure_hardware(mixed_precision="auto"):
+def configure_hardware(mixed_precision="auto", cpu_devices=1):
     """Describe the devices; on GPUs turn on mixed precision; pick a distribution strategy.
 
     Returns ``(strategy, description)``. Several GPUs -> ``MirroredStrategy``.
+    ``cpu_devices`` > 1 on a machine without GPUs splits the CPU into that many logical
+    devices and mirrors over them (to test multi-device training on a CPU); it must be called
+    before TensorFlow has run anything.
     """
     gpus = tf.config.list_physical_devices("GPU")
     use_mixed = bool(gpus) if mixed_precision == "auto" else bool(mixed_precision)
     keras.mixed_precision.set_global_policy("mixed_float16" if use_mixed else "float32")
+    if not gpus and cpu_devices > 1:
+        tf.config.set_logical_device_configuration(
+            tf.config.list_physical_devices("CPU")[0],
+            [tf.config.LogicalDeviceConfiguration() for _ in range(cpu_devices)])
     if len(gpus) > 1:
         strategy = tf.distribute.MirroredStrategy()
+    elif not gpus and cpu_devices > 1:
+        strategy = tf.distribute.MirroredStrategy([d.name for d in tf.config.list_logical_devices("CPU")])
     else:
         strategy = tf.distribute.get_strategy()
     if gpus:
@@ -145,18 +154,22 @@ def fit(model, train_ds, val_ds, recipe, work_dir, epochs=None, verbose=1):
     compile_model(model, recipe, steps, epochs)
     log = EpochLog(os.path.join(work_dir, "epochs.json"))
     best_weights = os.path.join(work_dir, "best.weights.h5")
+    # Order matters for a hard kill between two callbacks: the backup (which decides where a
+    # rerun resumes) is written last, so an epoch it marks done is already in the epoch log.
+    # double_checkpoint keeps the previous backup in case the latest one is cut mid-write.
     callbacks = [
-        keras.callbacks.BackupAndRestore(os.path.join(work_dir, "backup")),
         keras.callbacks.ModelCheckpoint(best_weights, monitor="val_accuracy", mode="max",
                                         save_best_only=True, save_weights_only=True,
                                         initial_value_threshold=log.best()),
         log,
+        keras.callbacks.BackupAndRestore(os.path.join(work_dir, "backup"), double_checkpoint=True),
     ]
     if recipe.get("early_stopping"):
         callbacks.append(keras.callbacks.EarlyStopping(monitor="val_accuracy", mode="max",
                                                        patience=recipe["early_stopping"]))
+    # The pipeline shuffles already.
     model.fit(train_ds, validation_data=val_ds, epochs=epochs, callbacks=callbacks,
-              verbose=verbose)
+              shuffle=False, verbose=verbose)
     if os.path.exists(best_weights):
         model.load_weights(best_weights)
     return as_history(log.epochs)
@@ -185,15 +198,19 @@ def existing(name, models_dir, retrain):
 
 
 def train_image_model(name, build, data, recipe_name, models_dir="models", epochs=None,
-                      retrain=False, seed=0, strategy=None, verbose=1):
+                      retrain=False, seed=0, strategy=None, verbose=1, recipe_overrides=None):
     """Build (under ``strategy``), train on ``data`` and save the model called ``name``.
 
-    Returns ``(model, history)``; an existing saved model is reused unless ``retrain``.
+    ``build`` is a function returning a fresh model; ``recipe_overrides`` replaces entries
+    of ``RECIPES[recipe_name]``. Returns ``(model, history)``; an existing saved model is
+    reused unless ``retrain``.
     """
+    if recipe_name not in RECIPES:
+        raise ValueError(f"unknown recipe {recipe_name!r}; expected one of {list(RECIPES)}")
     found = existing(name, models_dir, retrain)
     if found:
         return found
-    recipe = RECIPES[recipe_name]
+    recipe = {**RECIPES[recipe_name], **(recipe_overrides or {})}
     epochs = check_epochs(epochs if epochs is not None else recipe["epochs"])
     set_seed(seed)
     augment = build_augmentation(recipe["augmentation"], seed=seed)
@@ -203,7 +220,6 @@ def train_image_model(name, build, data, recipe_name, models_dir="models", epoch
     strategy = strategy or tf.distribute.get_strategy()
     with strategy.scope():
         model = build()
-        model.summary()
         work_dir = os.path.join(models_dir, "checkpoints", name)
         history = fit(model, train_ds, val_ds, recipe, work_dir, epochs, verbose)
     finish(model, history, name, models_dir, work_dir)
@@ -260,7 +276,6 @@ def train_vgg16(data, weights="imagenet", models_dir="models", epochs=None, retr
     work_dir = os.path.join(models_dir, "checkpoints", "vgg16")
     with strategy.scope():
         head = build_vgg16_head(train_features.shape[1:])
-        head.summary()
         history = fit(head, train_ds, val_ds, recipe, work_dir, epochs, verbose)
         model = assemble_vgg16(base, head)
     if finetune:

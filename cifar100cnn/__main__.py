@@ -1,0 +1,91 @@
+"""``python -m cifar100cnn run``: execute the four notebooks in order with papermill."""
+
+import argparse
+import os
+import sys
+import time
+
+NOTEBOOKS = ("TrainingModels.ipynb", "ThirdModel.ipynb", "TestModels.ipynb", "VisualizeModel.ipynb")
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m cifar100cnn",
+                                     description="CIFAR-100 CNN pipeline (four notebooks).")
+    commands = parser.add_subparsers(dest="command", required=True)
+    run = commands.add_parser("run", help="execute the four notebooks in order")
+    run.add_argument("--quick", action="store_true",
+                     help="tiny synthetic data and 1-2 epochs: a smoke test of the whole pipeline")
+    run.add_argument("--data", choices=("cifar100", "synthetic"), default="cifar100",
+                     help="data source (default: cifar100)")
+    run.add_argument("--out", default=REPO_ROOT,
+                     help="folder for models/, arrays/, figures/ and executed/ (default: the repo)")
+    run.add_argument("--archive", default=None,
+                     help="local cifar-100-python.tar.gz (default: $CIFAR100_ARCHIVE, else download)")
+    run.add_argument("--no-verify", action="store_true",
+                     help="skip the sha256 check of a local archive ($CIFAR100_VERIFY=0 does the same)")
+    run.add_argument("--vgg16-weights", default="imagenet",
+                     help="'imagenet' (download), a local .h5 file ($VGG16_WEIGHTS), or 'none' (random)")
+    run.add_argument("--third-preset", choices=("tuned", "seed"), default="tuned")
+    run.add_argument("--retrain", action="store_true", help="train again even if a model exists")
+    run.add_argument("--seed", type=int, default=0)
+    run.add_argument("--notebooks", nargs="*", default=list(NOTEBOOKS),
+                     help="which notebooks to run (default: all four, in order)")
+    return parser.parse_args(argv)
+
+
+def notebook_parameters(args):
+    verify = not args.no_verify and os.environ.get("CIFAR100_VERIFY", "1") != "0"
+    weights = None if str(args.vgg16_weights).lower() == "none" else args.vgg16_weights
+    return {
+        "data_source": args.data,
+        "archive": os.path.abspath(args.archive) if args.archive else None,
+        "verify_archive": verify,
+        "quick": args.quick,
+        "output_dir": os.path.abspath(args.out),
+        "vgg16_weights": weights,
+        "third_preset": args.third_preset,
+        "retrain": args.retrain,
+        "seed": args.seed,
+    }
+
+
+def run_notebooks(args):
+    import papermill
+
+    parameters = notebook_parameters(args)
+    executed_dir = os.path.join(parameters["output_dir"], "executed")
+    os.makedirs(executed_dir, exist_ok=True)
+    timings = []
+    for name in args.notebooks:
+        source = os.path.join(REPO_ROOT, name)
+        if not os.path.exists(source):
+            print(f"Skipping {name}: not present in {REPO_ROOT}.")
+            continue
+        print(f"\n=== {name} ===", flush=True)
+        started = time.time()
+        try:
+            papermill.execute_notebook(source, os.path.join(executed_dir, name),
+                                       parameters=parameters, cwd=REPO_ROOT,
+                                       kernel_name="python3", progress_bar=True)
+        except papermill.PapermillExecutionError as error:
+            print(f"\n{name} failed in cell {error.exec_count}: {error.ename}: {error.evalue}\n"
+                  f"The executed copy with the full traceback: {os.path.join(executed_dir, name)}",
+                  file=sys.stderr)
+            return 1
+        timings.append((name, time.time() - started))
+    for name, seconds in timings:
+        print(f"{name}: {seconds:.0f} s")
+    print(f"Artifacts in {parameters['output_dir']} (models/, arrays/, figures/, executed/).")
+    return 0
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if args.command == "run":
+        return run_notebooks(args)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
