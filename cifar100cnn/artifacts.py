@@ -73,9 +73,10 @@ def export_copy(model):
             config["dtype"] = "float32"
         return layer.__class__.from_config(config)
 
-    copy = keras.models.clone_model(model, clone_function=as_float32, recursive=True)
-    copy.set_weights(model.get_weights())
-    return copy
+    clone = keras.models.clone_model(model, clone_function=as_float32, recursive=True)
+    clone.set_weights(model.get_weights())
+    # clone_model copies the compile settings; a fresh wrapper of the same graph has none.
+    return keras.Model(clone.inputs, clone.outputs, name=model.name)
 
 
 def save_model(model, path):

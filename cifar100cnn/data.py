@@ -279,8 +279,8 @@ def make_synthetic(n_train=50_000, n_test=10_000, seed=0):
     rng = np.random.default_rng(seed)
     templates = _class_templates(rng)
     scaled = {size: _resize_nearest(templates, size) for size in _PATCH_SIZES}
-    x, y = _render(rng, scaled, n_train + n_test)
-    return (x[:n_train], y[:n_train]), (x[n_train:], y[n_train:])
+    # Each split is class-balanced on its own, as in CIFAR-100 (500 / 100 per class).
+    return _render(rng, scaled, n_train), _render(rng, scaled, n_test)
 
 
 def _render(rng, scaled, count, chunk=5000):

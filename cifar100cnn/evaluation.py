@@ -240,3 +240,16 @@ def pick_examples(y_true, proba, n_right=4, n_wrong=4, seed=0):
     chosen = [rng.choice(group, min(n, len(group)), replace=False)
               for group, n in ((right, n_right), (wrong, n_wrong))]
     return [int(i) for i in np.concatenate(chosen)]
+
+
+def saved_or_predicted(name, model, x_test, arrays_dir="arrays"):
+    """The probabilities TestModels.ipynb saved for ``name`` when they fit ``x_test``, else predict."""
+    from .training import predict_in_batches
+
+    path = proba_path(name, arrays_dir)
+    if os.path.exists(path):
+        proba = artifacts.load_array(path).astype(np.float32)
+        if proba.shape == (len(x_test), data.NUM_CLASSES):
+            print(f"Reusing {path} (saved by TestModels.ipynb).")
+            return proba
+    return predict_in_batches(model, x_test, description=f"predict {name}")

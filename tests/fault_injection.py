@@ -222,9 +222,8 @@ def hard_kill_training(workdir, epochs=4, seed=0, batch_delay=BATCH_DELAY):
     killed_dir = os.path.join(workdir, "interrupted")
     work_dir = os.path.join(killed_dir, "checkpoints", MODEL_NAME)
 
-    reference = Child("train", reference_dir, epochs, 0, seed).finish()
-    with open(artifacts.history_path(MODEL_NAME, reference_dir)) as handle:
-        reference_history = json.load(handle)
+    # The uninterrupted reference run goes on in parallel with the interrupted one.
+    reference = Child("train", reference_dir, epochs, 0, seed)
 
     # Kill after the first batch of epoch 1: epoch 0 is complete, epoch 1 is half done.
     child = Child("train", killed_dir, epochs, batch_delay, seed)
@@ -248,6 +247,11 @@ def hard_kill_training(workdir, epochs=4, seed=0, batch_delay=BATCH_DELAY):
           f"the backup resumes at epoch {backup_epoch}, expected {len(completed)}")
 
     rerun = Child("train", killed_dir, epochs, 0, seed).finish()
+    reference_lines = reference.finish()
+    check(_epoch_lines(reference_lines, "EPOCH_BEGIN") == list(range(epochs)),
+          "the reference run did not run every epoch once")
+    with open(artifacts.history_path(MODEL_NAME, reference_dir)) as handle:
+        reference_history = json.load(handle)
     rerun_begun = _epoch_lines(rerun, "EPOCH_BEGIN")
     check(rerun_begun and rerun_begun[0] == len(completed),
           f"the rerun started at epoch {rerun_begun[:1]}, expected {len(completed)} "

@@ -87,7 +87,7 @@ def test_evaluate_row_and_csv(tmp_path, random_predictions):
     with open(path) as handle:
         saved = list(csv.DictReader(handle))
     assert {"model", "top1", "top5", "superclass_acc", "n_test"} <= set(saved[0])
-    assert float(saved[0]["top5"]) == pytest.approx(row["top5"])
+    assert float(saved[0]["top5"]) == pytest.approx(row["top5"], abs=1e-6)
     assert "baseline" in evaluation.format_table([row])
 
 
@@ -140,3 +140,22 @@ def test_load_models_skips_missing(tmp_path, capsys):
     assert evaluation.load_models(tmp_path) == {}
     out = capsys.readouterr().out
     assert "ThirdModel.ipynb" in out and "TrainingModels.ipynb" in out
+
+
+def test_load_artifacts_stops_cleanly(tmp_path):
+    with pytest.raises(evaluation.NothingToEvaluate, match="TrainingModels.ipynb"):
+        evaluation.load_artifacts(tmp_path)  # no arrays
+    x, y = data.make_synthetic(1, 5, seed=0)[1]
+    artifacts.save_array(x, tmp_path / "arrays" / artifacts.X_TEST_FILE)
+    artifacts.save_array(y, tmp_path / "arrays" / artifacts.Y_TEST_FILE)
+    with pytest.raises(evaluation.NothingToEvaluate, match="no saved models") as info:
+        evaluation.load_artifacts(tmp_path)
+    assert info.value._render_traceback_() == [f"Stopped: {info.value}"]
+
+
+def test_saved_probabilities_are_reused(tmp_path, random_predictions):
+    _, proba = random_predictions
+    x = np.zeros((300, 32, 32, 3), np.uint8)
+    evaluation.save_probabilities("third", proba, tmp_path)
+    reused = evaluation.saved_or_predicted("third", None, x, tmp_path)
+    assert reused.dtype == np.float32 and np.allclose(reused, proba, atol=1e-3)

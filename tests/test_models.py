@@ -1,0 +1,115 @@
+"""The four models: exact parameter counts, preprocessing, safe save/load round trips."""
+
+import keras
+import numpy as np
+import pytest
+
+from cifar100cnn import artifacts, models, training
+
+IMAGES = np.random.default_rng(0).integers(0, 256, (6, 32, 32, 3)).astype(np.uint8)
+
+
+@pytest.mark.parametrize("build, expected", [
+    (models.build_baseline, 1_870_052),
+    (models.build_overfit, 1_299_364),
+    (models.build_third_seed, 643_492),
+])
+def test_original_models_have_the_original_parameter_counts(build, expected):
+    assert build().count_params() == expected
+
+
+def test_vgg16_parts_have_the_original_parameter_counts():
+    base = models.build_vgg16_base(weights=None)
+    head = models.build_vgg16_head(base.output_shape[1:])
+    assert base.count_params() == models.VGG16_BASE_PARAMS == 14_714_688
+    assert head.count_params() == 419_684
+    model = models.assemble_vgg16(base, head)
+    trainable = sum(int(np.prod(w.shape)) for w in model.trainable_weights)
+    assert trainable == 419_684  # base and preprocessing stay frozen
+
+
+def test_vgg16_preprocessing_equals_keras_preprocess_input():
+    images = np.random.default_rng(1).uniform(0, 255, (8, 32, 32, 3)).astype("float32")
+    ours = np.asarray(models.vgg16_preprocessing()(images))
+    expected = keras.applications.vgg16.preprocess_input(images.copy())
+    np.testing.assert_allclose(ours, expected, atol=1e-4)
+
+
+def test_models_output_probabilities_from_raw_uint8_images():
+    for model in (models.build_baseline(), models.build_third("tuned")):
+        probabilities = np.asarray(model(IMAGES))
+        assert probabilities.shape == (6, 100)
+        np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, atol=1e-4)
+
+
+@pytest.mark.parametrize("name, build", [
+    ("baseline", models.build_baseline),
+    ("overfit", models.build_overfit),
+    ("third", lambda: models.build_third("tuned")),
+    ("third_seed", lambda: models.build_third("seed")),
+    ("vgg16", lambda: models.build_vgg16(weights=None)),
+])
+def test_every_model_round_trips_under_safe_mode(tmp_path, name, build):
+    model = build()
+    model.compile("rmsprop", "sparse_categorical_crossentropy")
+    path = artifacts.model_path(name, tmp_path)
+    artifacts.save_model(model, path)
+    restored = keras.models.load_model(path, safe_mode=True)  # plain Keras, no custom code
+    np.testing.assert_allclose(np.asarray(restored(IMAGES)), np.asarray(model(IMAGES)), atol=1e-6)
+    assert not any(type(layer).__name__ == "Lambda" for layer in restored.layers)
+    assert getattr(restored, "optimizer", None) is None  # saved without optimizer state
+
+
+def test_saved_model_drops_mixed_precision(tmp_path):
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        model = models.build_baseline()
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    path = artifacts.save_model(model, str(tmp_path / "m.keras"))
+    restored = artifacts.load_model(path)
+    assert {layer.dtype_policy.name for layer in restored.layers} == {"float32"}
+
+
+def test_cached_feature_head_equals_assembled_model():
+    base = models.build_vgg16_base(weights=None)
+    head = models.build_vgg16_head(base.output_shape[1:])
+    features = training.predict_in_batches(training.vgg16_feature_extractor(base), IMAGES, batch_size=4)
+    from_features = np.asarray(head(features))
+    assembled = np.asarray(models.assemble_vgg16(base, head)(IMAGES))
+    np.testing.assert_allclose(assembled, from_features, rtol=1e-4, atol=1e-6)
+
+
+def test_augmentations_keep_shape_and_unknown_names_fail():
+    batch = IMAGES.astype("float32")
+    for kind in ("seed", "tuned"):
+        augmented = np.asarray(models.build_augmentation(kind)(batch, training=True))
+        assert augmented.shape == batch.shape
+        assert not np.allclose(augmented, batch)
+    assert models.build_augmentation(None) is None
+    with pytest.raises(ValueError, match="unknown augmentation"):
+        models.build_augmentation("mixup")
+    with pytest.raises(ValueError, match="preset"):
+        models.build_third("best")
+
+
+def test_offline_imagenet_weights_give_instructions(monkeypatch):
+    def offline(*args, **kwargs):
+        raise Exception("URL fetch failure: [Errno -3] Temporary failure in name resolution")
+
+    monkeypatch.delenv("VGG16_WEIGHTS", raising=False)
+    monkeypatch.setattr(keras.applications, "VGG16", offline)
+    with pytest.raises(models.WeightsUnavailableError, match="VGG16_WEIGHTS"):
+        models.build_vgg16_base("imagenet")
+
+
+def test_weights_file_from_environment(tmp_path, monkeypatch):
+    weights_file = tmp_path / "vgg16_notop.weights.h5"
+    models.build_vgg16_base(weights=None).save_weights(weights_file)
+    monkeypatch.setenv("VGG16_WEIGHTS", str(weights_file))
+    assert models.resolve_vgg16_weights("imagenet") == str(weights_file)
+    base = models.build_vgg16_base("imagenet")
+    assert base.count_params() == 14_714_688
+    monkeypatch.setenv("VGG16_WEIGHTS", str(tmp_path / "missing.h5"))
+    with pytest.raises(models.WeightsUnavailableError, match="not found"):
+        models.build_vgg16_base("imagenet")

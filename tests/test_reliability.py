@@ -1,0 +1,628 @@
+"""Issue 5: reliability and safety. Properties 1, 2, 4, 5, 6, 7 and 8 (3 and the dataset side
+of 4/5 are in test_reliability_data.py). Models and data are tiny: a few hundred synthetic
+images, the baseline model, 1-4 epochs."""
+
+import ast
+import contextlib
+import io
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+sys.path.insert(0, HERE)
+import fault_injection  # noqa: E402
+
+import keras  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+from cifar100cnn import artifacts, data, models, training  # noqa: E402
+from cifar100cnn.artifacts import ArtifactError  # noqa: E402
+
+
+def tiny_dataset(n_train=300, n_test=50, seed=0):
+    (x, y), (x_test, y_test) = data.make_synthetic(n_train, n_test, seed=seed)
+    (x_train, y_train), (x_val, y_val) = data.split_train_val(x, y)
+    return data.Dataset(x_train, y_train, x_val, y_val, x_test, y_test,
+                        data.SYNTHETIC_FINE_NAMES, data.SYNTHETIC_COARSE_NAMES,
+                        data.SYNTHETIC_FINE_TO_COARSE, "synthetic (test)")
+
+
+def quiet_train(*args, **kwargs):
+    """train_image_model without the model summary on stdout."""
+    with contextlib.redirect_stdout(io.StringIO()):
+        return training.train_image_model(*args, verbose=0, **kwargs)
+
+
+def must_not_build():
+    raise AssertionError("the model was built although it should not have been")
+
+
+def small_model(input_shape=(32, 32, 3), classes=100, seed=0):
+    keras.utils.set_random_seed(seed)
+    inputs = keras.Input(shape=input_shape)
+    x = keras.layers.Rescaling(1 / 255)(inputs)
+    x = keras.layers.Conv2D(4, 3, strides=4)(x)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    return keras.Model(inputs, keras.layers.Dense(classes, activation="softmax")(x))
+
+
+def same_weights(a, b):
+    return len(a) == len(b) and all(np.array_equal(u, v) for u, v in zip(a, b))
+
+
+# ===========================================================================
+# Property 1: interruption (hard kill mid-epoch resumes; atomic saves)
+# ===========================================================================
+
+@pytest.mark.slow
+def test_p1_sigkill_mid_epoch_resumes_to_full_history(tmp_path):
+    """fault_injection: SIGKILL mid-epoch after >= 1 completed epoch, rerun, compare."""
+    report = fault_injection.hard_kill_training(str(tmp_path), epochs=4)
+    assert report["completed_before_kill"] >= 1
+    assert report["rerun_epochs"][0] == report["completed_before_kill"]
+    assert report["history_length"] == report["reference_length"] == 4
+
+
+def test_p1_sigkill_during_array_save_leaves_no_truncated_file(tmp_path):
+    report = fault_injection.kill_during_array_save(str(tmp_path))
+    # The kill really happened mid-write: a partial temp file was left beside the final name.
+    assert report["first_save"]["partial_temp_files"]
+    assert report["overwrite"]["partial_temp_files"]
+
+
+@pytest.mark.slow
+def test_p1_sigkill_during_model_save_keeps_previous_model(tmp_path):
+    report = fault_injection.kill_during_model_save(str(tmp_path))
+    assert 0 < report["partial_temp_size"] < report["old_size"]
+
+
+def test_p1_fault_injection_script_runs_standalone(tmp_path):
+    result = subprocess.run(
+        [sys.executable, os.path.join(HERE, "fault_injection.py"), "--only", "array-save",
+         "--workdir", str(tmp_path)], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "ok  array-save" in result.stdout
+
+
+def test_p1_ctrl_c_mid_epoch_resumes_in_process(tmp_path, monkeypatch):
+    """KeyboardInterrupt (Ctrl-C / notebook interrupt) in epoch 2; the rerun runs epochs 2-3."""
+    dataset = tiny_dataset()
+    begun = []
+    real_begin = training.EpochLog.on_epoch_begin
+
+    def on_epoch_begin(self, epoch, logs=None):
+        begun.append(epoch)
+        real_begin(self, epoch, logs)
+
+    def on_train_batch_end(self, batch, logs=None):
+        if interrupt and begun[-1] == 2 and batch == 1:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(training.EpochLog, "on_epoch_begin", on_epoch_begin)
+    monkeypatch.setattr(training.EpochLog, "on_train_batch_end", on_train_batch_end)
+    interrupt = True
+    with pytest.raises(KeyboardInterrupt):
+        quiet_train("baseline", models.build_baseline, dataset, "baseline",
+                    models_dir=str(tmp_path), epochs=4)
+    assert begun == [0, 1, 2]
+    log = artifacts.load_json(tmp_path / "checkpoints" / "baseline" / "epochs.json")
+    assert sorted(log, key=int) == ["0", "1"]
+    assert not os.path.exists(artifacts.model_path("baseline", str(tmp_path)))
+
+    interrupt, begun[:] = False, []
+    _, history = quiet_train("baseline", models.build_baseline, dataset, "baseline",
+                             models_dir=str(tmp_path), epochs=4)
+    assert begun == [2, 3]
+    assert {len(values) for values in history.values()} == {4}
+    saved = artifacts.load_json(artifacts.history_path("baseline", str(tmp_path)))
+    assert saved == history
+    artifacts.load_model(artifacts.model_path("baseline", str(tmp_path)))
+
+
+def test_p1_failed_write_leaves_nothing_under_the_final_name(tmp_path):
+    path = tmp_path / "out.npy"
+    with pytest.raises(RuntimeError):
+        with artifacts.atomic_path(path) as tmp:
+            with open(tmp, "wb") as handle:
+                handle.write(b"half a file")
+            raise RuntimeError("interrupted")
+    assert not path.exists()
+    assert os.listdir(tmp_path) == []  # the temporary file is cleaned up too
+
+
+def test_p1_failed_overwrite_keeps_the_previous_files(tmp_path, monkeypatch):
+    array_path, json_path = tmp_path / "a.npy", tmp_path / "h.json"
+    model_path = tmp_path / "m.keras"
+    old_array = np.arange(12, dtype=np.uint8)
+    artifacts.save_array(old_array, array_path)
+    artifacts.save_json({"loss": [1.0]}, json_path)
+    old_model = small_model(seed=0)
+    artifacts.save_model(old_model, model_path)
+
+    def disk_full(handle):  # writes a few bytes, then fails like a full disk
+        handle.write(b"PK\x03\x04 trunc" if "b" in handle.mode else "{\"loss\": [")
+        handle.flush()
+        raise OSError(28, "No space left on device")
+
+    def broken_model_save(self, filepath, *args, **kwargs):
+        with open(filepath, "wb") as handle:
+            disk_full(handle)
+
+    monkeypatch.setattr(np, "save", lambda handle, *a, **k: disk_full(handle))
+    monkeypatch.setattr(json, "dump", lambda obj, handle, **k: disk_full(handle))
+    monkeypatch.setattr(keras.Model, "save", broken_model_save)
+    with pytest.raises(OSError):
+        artifacts.save_array(np.zeros(3, np.uint8), array_path)
+    with pytest.raises(OSError):
+        artifacts.save_json({"loss": [2.0]}, json_path)
+    with pytest.raises(OSError):
+        artifacts.save_model(small_model(seed=1), model_path)
+    monkeypatch.undo()
+
+    np.testing.assert_array_equal(artifacts.load_array(array_path), old_array)
+    assert artifacts.load_json(json_path) == {"loss": [1.0]}
+    assert same_weights(artifacts.load_model(model_path).get_weights(), old_model.get_weights())
+    assert sorted(os.listdir(tmp_path)) == ["a.npy", "h.json", "m.keras"]
+
+
+# ===========================================================================
+# Property 2: finished work is not redone or overwritten unless asked
+# ===========================================================================
+
+def test_p2_existing_model_is_reused_and_reported(tmp_path, capsys):
+    models_dir = str(tmp_path)
+    path = artifacts.model_path("baseline", models_dir)
+    saved = small_model(seed=0)
+    artifacts.save_model(saved, path)
+    artifacts.save_json({"loss": [3.0, 2.0]}, artifacts.history_path("baseline", models_dir))
+    before = (os.path.getmtime(path), open(path, "rb").read())
+
+    model, history = training.train_image_model("baseline", must_not_build, tiny_dataset(),
+                                                "baseline", models_dir=models_dir, epochs=1)
+    out = capsys.readouterr().out
+    assert f"Reusing {path}" in out and "retrain=True" in out
+    assert history == {"loss": [3.0, 2.0]}
+    assert same_weights(model.get_weights(), saved.get_weights())
+    assert (os.path.getmtime(path), open(path, "rb").read()) == before
+
+
+def test_p2_retrain_true_trains_and_replaces(tmp_path):
+    models_dir = str(tmp_path)
+    path = artifacts.model_path("baseline", models_dir)
+    artifacts.save_model(small_model(seed=0), path)
+    built = []
+
+    def build():
+        built.append(True)
+        return models.build_baseline()
+
+    model, history = quiet_train("baseline", build, tiny_dataset(), "baseline",
+                                 models_dir=models_dir, epochs=1, retrain=True)
+    assert built == [True] and len(history["loss"]) == 1
+    reloaded = artifacts.load_model(path)
+    assert reloaded.count_params() == models.build_baseline().count_params() == 1_870_052
+    assert same_weights(reloaded.get_weights(), model.get_weights())
+
+
+def test_p2_vgg16_is_reused_without_touching_its_weights(tmp_path, capsys, monkeypatch):
+    models_dir = str(tmp_path)
+    artifacts.save_model(small_model(seed=0), artifacts.model_path("vgg16", models_dir))
+    monkeypatch.setattr(training, "build_vgg16_base", lambda *a, **k: must_not_build())
+    model, _ = training.train_vgg16(tiny_dataset(), weights="/nonexistent.h5",
+                                    models_dir=models_dir, epochs=1)
+    assert "Reusing" in capsys.readouterr().out
+    assert model.output_shape == (None, 100)
+
+
+# ===========================================================================
+# Property 4: untrusted files
+# ===========================================================================
+
+def test_p4_lambda_model_is_refused_with_safe_mode_message(tmp_path):
+    inputs = keras.Input(shape=(32, 32, 3))
+    x = keras.layers.Lambda(lambda t: t * 2.0)(inputs)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    model = keras.Model(inputs, keras.layers.Dense(100, activation="softmax")(x))
+    path = str(tmp_path / "lambda.keras")
+    model.save(path)
+    with pytest.raises(ArtifactError) as caught:
+        artifacts.load_model(path)
+    message = str(caught.value)
+    assert "Lambda" in message and "safe_mode=True" in message and "refused" in message
+    # The file itself is a valid model: only safe mode stops it.
+    assert keras.models.load_model(path, safe_mode=False, compile=False).output_shape == (None, 100)
+
+
+def test_p4_load_model_keeps_safe_mode_on(tmp_path, monkeypatch):
+    path = str(tmp_path / "m.keras")
+    artifacts.save_model(small_model(), path)
+    seen = {}
+    real = keras.models.load_model
+
+    def spy(*args, **kwargs):
+        seen.update(kwargs)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(keras.models, "load_model", spy)
+    artifacts.load_model(path)
+    assert seen.get("safe_mode") is True
+
+
+@pytest.mark.parametrize("input_shape, classes, expected", [
+    ((28, 28, 1), 100, r"expected \(32, 32, 3\)"),
+    ((64, 64, 3), 100, r"expected \(32, 32, 3\)"),
+    ((32, 32, 3), 10, r"expected \(100,\)"),
+    ((32, 32, 3), 20, r"expected \(100,\)"),
+])
+def test_p4_wrong_input_or_output_shape_is_rejected(tmp_path, input_shape, classes, expected):
+    path = str(tmp_path / "m.keras")
+    artifacts.save_model(small_model(input_shape, classes), path)
+    with pytest.raises(ArtifactError, match=expected):
+        artifacts.load_model(path)
+
+
+def test_p4_good_model_round_trips_and_bad_files_are_clear_errors(tmp_path):
+    path = str(tmp_path / "m.keras")
+    model = small_model()
+    artifacts.save_model(model, path)
+    assert same_weights(artifacts.load_model(path).get_weights(), model.get_weights())
+    garbage = tmp_path / "garbage.keras"
+    garbage.write_bytes(b"this is not a zip file")
+    with pytest.raises(ArtifactError, match="not a loadable Keras model"):
+        artifacts.load_model(garbage)
+    with pytest.raises(ArtifactError, match="TrainingModels.ipynb"):
+        artifacts.load_model(artifacts.model_path("baseline", str(tmp_path)))
+
+
+class _RunsCode:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch '{self.marker}'",))
+
+
+def test_p4_object_npy_is_refused_without_running_code(tmp_path):
+    marker = tmp_path / "pwned"
+    path = tmp_path / "evil.npy"
+    np.save(path, np.array([_RunsCode(str(marker))], dtype=object), allow_pickle=True)
+    with pytest.raises(ArtifactError, match="Python objects"):
+        artifacts.load_array(path)
+    assert not marker.exists()
+    np.load(path, allow_pickle=True)  # the file really is dangerous
+    assert marker.exists()
+    with pytest.raises(ValueError, match="refusing to save a object array"):
+        artifacts.save_array(np.array([{}], dtype=object), tmp_path / "o.npy")
+
+
+def _package_sources():
+    """(path, python source) of every project .py file and notebook code cell (not tests/)."""
+    skip = {".git", "tests", "venv", ".venv", "build", "node_modules", ".ipynb_checkpoints"}
+    for folder, dirs, files in os.walk(ROOT):
+        dirs[:] = [d for d in dirs if d not in skip and not d.startswith(".")]
+        for name in files:
+            path = os.path.join(folder, name)
+            if name.endswith(".py"):
+                with open(path) as handle:
+                    yield path, handle.read()
+            elif name.endswith(".ipynb"):
+                with open(path) as handle:
+                    notebook = json.load(handle)
+                for cell in notebook.get("cells", []):
+                    if cell.get("cell_type") == "code":
+                        source = "".join(cell.get("source", []))
+                        # IPython magics and shell lines become `pass` (keeps indentation).
+                        yield path, "\n".join(
+                            line[:len(line) - len(line.lstrip())] + "pass"
+                            if line.lstrip().startswith(("%", "!")) else line
+                            for line in source.splitlines())
+
+
+def test_p4_all_model_loading_goes_through_artifacts_load_model():
+    """No project code loads models, .npy files or pickles except through artifacts/data."""
+    offenders, scanned = [], 0
+    for path, source in _package_sources():
+        scanned += 1
+        relative = os.path.relpath(path, ROOT)
+        for node in ast.walk(ast.parse(source)):
+            unsafe = {"safe_mode": False, "allow_pickle": True}
+            if isinstance(node, ast.keyword) and node.arg in unsafe \
+                    and isinstance(node.value, ast.Constant) and node.value.value is unsafe[node.arg]:
+                offenders.append(f"{relative}:{node.value.lineno} {node.arg}={node.value.value}")
+            if not isinstance(node, ast.Call) or not isinstance(node.func, ast.Attribute):
+                continue
+            owner = ast.unparse(node.func.value)
+            call = f"{owner}.{node.func.attr}"
+            allowed = (relative == os.path.join("cifar100cnn", "artifacts.py")
+                       and call in ("keras.models.load_model", "np.load"))
+            if node.func.attr == "load_model" and owner != "artifacts" and not allowed:
+                offenders.append(f"{relative}:{node.lineno} {call}")
+            if call in ("np.load", "numpy.load", "pickle.load", "pickle.loads") and not allowed:
+                offenders.append(f"{relative}:{node.lineno} {call}")
+    assert scanned >= 5
+    assert offenders == []
+
+
+# ===========================================================================
+# Property 5: bad arguments -> ValueError naming the expected value, before long work
+# ===========================================================================
+
+@pytest.mark.parametrize("epochs", [-1, 0, 2.5, "3", None])
+def test_p5_bad_epochs(epochs):
+    with pytest.raises(ValueError, match="epochs must be a positive integer"):
+        training.check_epochs(epochs)
+
+
+@pytest.mark.parametrize("kwargs, expected", [
+    (dict(epochs=-1), "epochs must be a positive integer"),
+    (dict(epochs=0), "epochs must be a positive integer"),
+    (dict(recipe_name="huge"), r"unknown recipe 'huge'; expected one of \['baseline'"),
+    (dict(name="mine"), r"unknown model name 'mine'; expected one of \['baseline'"),
+])
+def test_p5_train_image_model_refuses_bad_arguments_before_building(tmp_path, kwargs, expected):
+    arguments = dict(name="baseline", build=must_not_build, data=tiny_dataset(100, 10),
+                     recipe_name="baseline", models_dir=str(tmp_path / "models"))
+    arguments.update(kwargs)
+    with pytest.raises(ValueError, match=expected):
+        training.train_image_model(**arguments)
+    assert not (tmp_path / "models").exists()
+
+
+def test_p5_bad_training_data_is_refused_before_building(tmp_path):
+    dataset = tiny_dataset(100, 10)
+    dataset.y_train = dataset.y_train.copy()
+    dataset.y_train[0] = 100
+    with pytest.raises(ValueError, match=r"0\.\.99"):
+        training.train_image_model("baseline", must_not_build, dataset, "baseline",
+                                   models_dir=str(tmp_path), epochs=1)
+    dataset = tiny_dataset(100, 10)
+    dataset.x_train = dataset.x_train.astype(np.float32) / 255
+    with pytest.raises(ValueError, match="0-255"):
+        training.train_image_model("baseline", must_not_build, dataset, "baseline",
+                                   models_dir=str(tmp_path), epochs=1)
+
+
+def test_p5_unknown_presets_and_empty_training_set(tmp_path):
+    with pytest.raises(ValueError, match=r"unknown third-model preset 'huge'; expected one of \('tuned', 'seed'\)"):
+        models.build_third("huge")
+    with pytest.raises(ValueError, match="expected None, 'seed' or 'tuned'"):
+        models.build_augmentation("strong")
+    empty = tf.data.Dataset.from_tensor_slices(
+        (np.zeros((0, 32, 32, 3), np.uint8), np.zeros(0, np.int64))).batch(10)
+    with pytest.raises(ValueError, match="training dataset is empty"):
+        training.fit(small_model(), empty, empty, models.RECIPES["baseline"], str(tmp_path), epochs=1)
+
+
+# ===========================================================================
+# Property 6: resources (uint8 streaming; out-of-memory falls back to smaller batches)
+# ===========================================================================
+
+def test_p6_pipeline_streams_uint8_without_float_copies():
+    import tracemalloc
+
+    x = np.random.default_rng(0).integers(0, 256, (4000, 32, 32, 3), dtype=np.uint8)
+    y = np.arange(4000) % 100
+    tracemalloc.start()
+    try:
+        ds = data.make_pipeline(x, y, batch_size=100, shuffle=True)
+        first_images, _ = next(iter(ds))
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert ds.element_spec[0].dtype == tf.uint8
+    assert first_images.dtype == tf.uint8 and first_images.shape == (100, 32, 32, 3)
+    # A float32 copy would need 4x the images' bytes; not even a uint8 copy is made.
+    assert peak < x.nbytes, f"numpy peak {peak:,} B: a copy of the images was made"
+    augmented = data.make_pipeline(x, y, batch_size=100,
+                                   augment=models.build_augmentation("tuned"))
+    assert augmented.element_spec[0].shape.as_list() == [None, 32, 32, 3]  # floats per batch only
+    dataset = data.load_dataset(quick=True)
+    for array in (dataset.x_train, dataset.x_val, dataset.x_test):
+        assert array.dtype == np.uint8
+
+
+class _FakeGpuModel:
+    """Returns one row per image; raises ResourceExhaustedError on batches above ``limit``."""
+
+    def __init__(self, limit):
+        self.limit, self.calls = limit, []
+
+    def __call__(self, batch, training=False):
+        self.calls.append(len(batch))
+        if len(batch) > self.limit:
+            raise tf.errors.ResourceExhaustedError(None, None, f"OOM when allocating {len(batch)}")
+        return np.stack([batch.reshape(len(batch), -1).mean(axis=1)] * 3, axis=1)
+
+
+def test_p6_out_of_memory_halves_the_batch(capsys):
+    x = np.random.default_rng(0).integers(0, 256, (300, 32, 32, 3), dtype=np.uint8)
+    model = _FakeGpuModel(limit=64)
+    out = training.predict_in_batches(model, x, batch_size=500)
+    expected = np.stack([x.reshape(300, -1).mean(axis=1)] * 3, axis=1).astype(np.float32)
+    np.testing.assert_array_equal(out, expected)
+    assert model.calls[:4] == [300, 250, 125, 62]
+    assert max(size for size in model.calls[3:]) <= 62
+    assert "Out of memory; retrying with batches of 62" in capsys.readouterr().out
+
+
+def test_p6_out_of_memory_at_batch_one_is_raised_not_looped():
+    model = _FakeGpuModel(limit=0)
+    with pytest.raises(tf.errors.ResourceExhaustedError):
+        training.predict_in_batches(model, np.zeros((5, 32, 32, 3), np.uint8), batch_size=8)
+    assert model.calls == [5, 4, 2, 1]
+
+
+def test_p6_vgg16_feature_extraction_survives_out_of_memory(tmp_path, monkeypatch, capsys):
+    """train_vgg16 with a small stand-in base that runs out of memory above 32 images."""
+
+    def tiny_base(weights):
+        inputs = keras.Input(shape=(32, 32, 3))
+        x = keras.layers.Conv2D(8, 3, strides=8)(inputs)
+        x = keras.layers.GlobalAveragePooling2D()(x)
+        return keras.Model(inputs, keras.layers.Reshape((1, 1, 8))(x), name="vgg16")
+
+    real_extractor = training.vgg16_feature_extractor
+
+    def oom_extractor(base):
+        extractor = real_extractor(base)
+
+        def run(batch, training=False):
+            if len(batch) > 32:
+                raise tf.errors.ResourceExhaustedError(None, None, "OOM")
+            return extractor(batch, training=training)
+        return run
+
+    monkeypatch.setattr(training, "build_vgg16_base", tiny_base)
+    monkeypatch.setattr(training, "vgg16_feature_extractor", oom_extractor)
+    model, history = training.train_vgg16(tiny_dataset(), weights=None, models_dir=str(tmp_path),
+                                          epochs=1, verbose=0)
+    assert "Out of memory; retrying with batches of" in capsys.readouterr().out
+    assert len(history["loss"]) == 1 and model.output_shape == (None, 100)
+
+
+# ===========================================================================
+# Property 7: determinism
+# ===========================================================================
+
+def test_p7_same_seed_same_split_and_synthetic_data():
+    a, b = data.load_dataset(quick=True, seed=5), data.load_dataset(quick=True, seed=5)
+    for field in ("x_train", "y_train", "x_val", "y_val", "x_test", "y_test"):
+        np.testing.assert_array_equal(getattr(a, field), getattr(b, field))
+    c = data.load_dataset(quick=True, seed=6)
+    assert not np.array_equal(a.x_train, c.x_train)
+    # The split is the original one: first 80% train, last 20% validation, no shuffling.
+    (x, y), _ = data.make_synthetic(2000, 500, seed=5)
+    np.testing.assert_array_equal(a.x_train, x[:1600])
+    np.testing.assert_array_equal(a.x_val, x[1600:])
+
+
+def test_p7_same_seed_same_shuffle_order():
+    x = np.repeat(np.arange(50, dtype=np.uint8), 3072).reshape(50, 32, 32, 3)
+    y = np.arange(50)
+
+    def first_epoch(seed):
+        return np.concatenate([labels.numpy() for _, labels in
+                               data.make_pipeline(x, y, 10, shuffle=True, seed=seed)])
+
+    assert np.array_equal(first_epoch(1), first_epoch(1))
+    assert not np.array_equal(first_epoch(1), first_epoch(2))
+
+
+_TRAIN_AND_HASH = textwrap.dedent("""
+    import contextlib, hashlib, io, json, sys, tempfile
+    sys.path.insert(0, {here!r})
+    from test_reliability import tiny_dataset
+    from cifar100cnn import models, training
+    with contextlib.redirect_stdout(io.StringIO()):
+        model, history = training.train_image_model(
+            "third_seed", models.build_third_seed, tiny_dataset(), "third_seed",
+            models_dir=tempfile.mkdtemp(), epochs=2, seed=0, verbose=0)
+    digest = hashlib.sha256(b"".join(w.tobytes() for w in model.get_weights())).hexdigest()
+    print("RESULT", json.dumps({{"sha": digest, "loss": history["loss"]}}))
+""")
+
+
+def _weights_sha(weights):
+    import hashlib
+    return hashlib.sha256(b"".join(w.tobytes() for w in weights)).hexdigest()
+
+
+@pytest.mark.slow
+def test_p7_same_seed_same_training_on_cpu(tmp_path):
+    """Two quick trainings (with augmentation and dropout) with the same seed: identical
+    weights and history, also in a fresh process; another seed differs."""
+    if tf.config.list_physical_devices("GPU"):
+        pytest.skip("bit-identical training is only promised on CPU (docs/TROUBLESHOOTING.md)")
+    runs = []
+    for index, seed in enumerate((0, 0, 1)):
+        model, history = quiet_train("third_seed", models.build_third_seed, tiny_dataset(),
+                                     "third_seed", models_dir=str(tmp_path / str(index)),
+                                     epochs=2, seed=seed)
+        history.pop("seconds")
+        runs.append((model.get_weights(), history))
+    assert same_weights(runs[0][0], runs[1][0])
+    assert runs[0][1] == runs[1][1]
+    assert not same_weights(runs[0][0], runs[2][0])
+
+    result = subprocess.run([sys.executable, "-c", _TRAIN_AND_HASH.format(here=HERE)],
+                            capture_output=True, text=True, timeout=300, cwd=ROOT,
+                            env=dict(os.environ, PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL="2"))
+    line = [text for text in result.stdout.splitlines() if text.startswith("RESULT ")]
+    assert line, result.stdout + result.stderr
+    fresh = json.loads(line[0][len("RESULT "):])
+    assert fresh["loss"] == runs[0][1]["loss"]
+    assert fresh["sha"] == _weights_sha(runs[0][0])
+
+
+# ===========================================================================
+# Property 8: MirroredStrategy with several devices
+# ===========================================================================
+
+def test_p8_several_gpus_select_mirrored_strategy(monkeypatch):
+    """The choice itself, with two GPUs faked: MirroredStrategy; with one: the default."""
+    created, policies = [], []
+
+    class FakeMirrored:
+        num_replicas_in_sync = 2
+
+        def __init__(self, devices=None):
+            created.append(devices)
+
+    fake_gpus = [tf.config.PhysicalDevice(f"/physical_device:GPU:{i}", "GPU") for i in range(2)]
+    monkeypatch.setattr(tf.config, "list_physical_devices",
+                        lambda kind=None: fake_gpus if kind == "GPU" else [])
+    monkeypatch.setattr(tf.config.experimental, "get_device_details",
+                        lambda device: {"device_name": "Fake GPU"})
+    monkeypatch.setattr(tf.distribute, "MirroredStrategy", FakeMirrored)
+    monkeypatch.setattr(keras.mixed_precision, "set_global_policy", policies.append)
+    strategy, text = training.configure_hardware()
+    assert isinstance(strategy, FakeMirrored) and created == [None]
+    assert policies == ["mixed_float16"] and "2 GPU(s)" in text
+
+    fake_gpus.pop()
+    strategy, _ = training.configure_hardware()
+    assert not isinstance(strategy, FakeMirrored) and len(created) == 1
+
+
+_MIRRORED_ON_CPU = textwrap.dedent("""
+    import contextlib, io, json, os, sys, tempfile
+    sys.path.insert(0, {here!r})
+    from cifar100cnn import artifacts, models, training
+    strategy, text = training.configure_hardware(cpu_devices=2)  # before TF runs anything
+    import tensorflow as tf
+    from test_reliability import tiny_dataset
+    folder = tempfile.mkdtemp()
+    with contextlib.redirect_stdout(io.StringIO()):
+        model, history = training.train_image_model(
+            "baseline", models.build_baseline, tiny_dataset(), "baseline", models_dir=folder,
+            epochs=2, strategy=strategy, verbose=0)
+    loaded = artifacts.load_model(artifacts.model_path("baseline", folder))
+    print("RESULT", json.dumps({{
+        "strategy": type(strategy).__name__, "replicas": strategy.num_replicas_in_sync,
+        "devices": list(strategy.extended.worker_devices), "text": text,
+        "mirrored_variable": isinstance(model.weights[0].value, tf.distribute.DistributedValues),
+        "epochs": len(history["loss"]), "loaded_params": loaded.count_params()}}))
+""")
+
+
+@pytest.mark.slow
+def test_p8_mirrored_strategy_trains_on_two_logical_cpus():
+    result = subprocess.run([sys.executable, "-c", _MIRRORED_ON_CPU.format(here=HERE)],
+                            capture_output=True, text=True, timeout=300, cwd=ROOT,
+                            env=dict(os.environ, PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL="2",
+                                     CUDA_VISIBLE_DEVICES=""))
+    line = [text for text in result.stdout.splitlines() if text.startswith("RESULT ")]
+    assert line, result.stdout[-3000:] + result.stderr[-3000:]
+    report = json.loads(line[0][len("RESULT "):])
+    assert report["strategy"] == "MirroredStrategy" and report["replicas"] == 2
+    assert [device.split("/")[-1] for device in report["devices"]] == ["device:CPU:0", "device:CPU:1"]
+    assert "MirroredStrategy with 2 replica(s)" in report["text"]
+    assert report["mirrored_variable"] is True
+    assert report["epochs"] == 2 and report["loaded_params"] == 1_870_052

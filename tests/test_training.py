@@ -1,0 +1,97 @@
+"""Training loop, reuse of finished models, synthetic learnability, keras-tuner search."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from cifar100cnn import artifacts, data, models, training, tuning
+
+
+def small_dataset(n_train=1000, n_test=200, seed=0):
+    (x, y), (x_test, y_test) = data.make_synthetic(n_train, n_test, seed=seed)
+    (x_train, y_train), (x_val, y_val) = data.split_train_val(x, y)
+    return data.Dataset(x_train, y_train, x_val, y_val, x_test, y_test,
+                        data.SYNTHETIC_FINE_NAMES, data.SYNTHETIC_COARSE_NAMES,
+                        data.SYNTHETIC_FINE_TO_COARSE, "synthetic")
+
+
+def test_as_history_orders_epochs_numerically():
+    log = {"10": {"loss": 0.1}, "2": {"loss": 0.5}, "0": {"loss": 0.9, "accuracy": 0.3}}
+    assert training.as_history(log) == {"loss": [0.9, 0.5, 0.1], "accuracy": [0.3, None, None]}
+
+
+@pytest.mark.parametrize("epochs", [0, -3, 2.5, "10"])
+def test_bad_epochs_are_refused_before_training(tmp_path, epochs):
+    with pytest.raises(ValueError, match="epochs"):
+        training.train_image_model("baseline", models.build_baseline, small_dataset(200, 10),
+                                   "baseline", str(tmp_path), epochs=epochs)
+    assert not os.path.exists(artifacts.model_path("baseline", tmp_path))
+
+
+def test_unknown_recipe_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="unknown recipe"):
+        training.train_image_model("baseline", models.build_baseline, small_dataset(200, 10),
+                                   "fastest", str(tmp_path))
+
+
+@pytest.mark.slow
+def test_a_cnn_learns_the_synthetic_data_far_above_chance(tmp_path):
+    dataset = small_dataset(6000, 1000, seed=1)
+    model, history = training.train_image_model(
+        "overfit", models.build_overfit, dataset, "overfit", str(tmp_path), epochs=5, verbose=0)
+    accuracy = float((model.predict(dataset.x_test, verbose=0).argmax(1) == dataset.y_test).mean())
+    assert accuracy > 0.10, accuracy  # chance is 0.01
+    assert len(history["val_accuracy"]) == 5
+    # the saved model holds the best validation epoch
+    saved = artifacts.load_model(artifacts.model_path("overfit", tmp_path))
+    val_accuracy = float((saved.predict(dataset.x_val, verbose=0).argmax(1) == dataset.y_val).mean())
+    assert val_accuracy == pytest.approx(max(history["val_accuracy"]), abs=1e-6)
+
+
+@pytest.mark.slow
+def test_existing_model_is_reused_unless_retrain(tmp_path, capsys):
+    dataset = small_dataset(300, 50)
+    folder = str(tmp_path)
+    training.train_image_model("baseline", models.build_baseline, dataset, "baseline", folder,
+                               epochs=2, verbose=0)
+    path = artifacts.model_path("baseline", folder)
+    stamp = os.stat(path).st_mtime_ns
+    _, history = training.train_image_model("baseline", models.build_baseline, dataset,
+                                            "baseline", folder, epochs=2, verbose=0)
+    assert "Reusing" in capsys.readouterr().out
+    assert os.stat(path).st_mtime_ns == stamp and len(history["loss"]) == 2
+    training.train_image_model("baseline", models.build_baseline, dataset, "baseline", folder,
+                               epochs=1, retrain=True, verbose=0)
+    assert os.stat(path).st_mtime_ns != stamp
+    with open(artifacts.history_path("baseline", folder)) as handle:
+        assert len(json.load(handle)["loss"]) == 1
+    assert not os.path.exists(os.path.join(folder, "checkpoints", "baseline", "backup"))
+
+
+@pytest.mark.slow
+def test_vgg16_pipeline_saves_one_model_from_raw_images(tmp_path):
+    dataset = small_dataset(200, 20)
+    model, history = training.train_vgg16(dataset, weights=None, models_dir=str(tmp_path),
+                                          epochs=1, verbose=0)
+    saved = artifacts.load_model(artifacts.model_path("vgg16", tmp_path))
+    assert saved.count_params() == model.count_params()
+    np.testing.assert_allclose(saved.predict(dataset.x_test, verbose=0),
+                               model.predict(dataset.x_test, verbose=0), atol=1e-5)
+    assert len(history["val_accuracy"]) == 1
+
+
+@pytest.mark.slow
+def test_tuner_search_stores_trials_ranked_by_validation_accuracy(tmp_path):
+    dataset = small_dataset(300, 20)
+    results_path = str(tmp_path / "search.json")
+    best, trials = tuning.search_third(dataset, max_epochs=1, budget_trials=2,
+                                       directory=str(tmp_path / "tuner"), results_path=results_path,
+                                       verbose=0)
+    assert 1 <= len(trials) <= 2
+    assert best["preset"] in ("tuned", "seed")
+    scores = [trial["val_accuracy"] for trial in trials]
+    assert scores == sorted(scores, reverse=True)
+    with open(results_path) as handle:
+        assert len(json.load(handle)) == len(trials)
