@@ -93,6 +93,8 @@ def load_cifar100(archive=None, verify=True, label_mode="fine"):
     if label_mode not in ("fine", "coarse"):
         raise ValueError(f"label_mode must be 'fine' or 'coarse', got {label_mode!r}")
     archive = archive or os.environ.get("CIFAR100_ARCHIVE") or None
+    if os.environ.get("CIFAR100_VERIFY") == "0":  # as the sha256 error message promises
+        verify = False
     if archive is None:
         return _load_with_keras(label_mode)
     arrays = read_archive(archive, verify=verify)

@@ -51,7 +51,8 @@ def test_fake_archive_round_trips_through_the_loader(sandbox):
     np.testing.assert_array_equal(y_train, written["train_fine_labels"])
     np.testing.assert_array_equal(y_test, written["test_fine_labels"])
     assert x_train.dtype == np.uint8 and x_train.shape == (30, 32, 32, 3)
-    (_, coarse), _ = data.load_cifar100(archive, verify=False, label_mode="coarse")
+    with pytest.warns(UserWarning):
+        (_, coarse), _ = data.load_cifar100(archive, verify=False, label_mode="coarse")
     np.testing.assert_array_equal(coarse, written["train_coarse_labels"])
     # Channel-major rows: the first 1024 bytes of a row are the red plane.
     row = fake_cifar.to_rows(written["x_train"][:1])[0]
@@ -122,6 +123,18 @@ def test_wrong_sha256_is_refused_with_both_hashes(sandbox):
     assert data.sha256_of(archive) in message
     assert "download it again" in message and "verify=False" in message
     assert fake_cifar.tree(sandbox) == before
+
+
+def test_verify_can_be_turned_off_by_the_environment_as_the_message_says(sandbox, monkeypatch):
+    archive = sandbox / "cache" / "cifar-100-python.tar.gz"
+    written = fake_cifar.write_fake_archive(archive, n_train=10, n_test=5)
+    monkeypatch.setenv("CIFAR100_VERIFY", "0")
+    with pytest.warns(UserWarning, match="sha256 check .* skipped"):
+        (x_train, _), _ = data.load_cifar100(archive)
+    np.testing.assert_array_equal(x_train, written["x_train"])
+    monkeypatch.setenv("CIFAR100_VERIFY", "1")
+    with pytest.raises(DatasetError, match="sha256"):
+        data.load_cifar100(archive)
 
 
 @pytest.mark.parametrize("keep", [0.1, 0.5, 0.9])
