@@ -328,17 +328,24 @@ def load_dataset(source="cifar100", archive=None, verify=True, quick=False, seed
     """
     if source not in SOURCES:
         raise ValueError(f"unknown data source {source!r}; expected one of {SOURCES}")
-    if quick or source == "synthetic":
-        sizes = (2_000, 500) if quick else (50_000, 10_000)
-        (x_train, y_train), (x_test, y_test) = make_synthetic(*sizes, seed=seed)
-        names, coarse_names, fine_to_coarse = (SYNTHETIC_FINE_NAMES, SYNTHETIC_COARSE_NAMES,
-                                               SYNTHETIC_FINE_TO_COARSE)
-        source = "synthetic (quick)" if quick else "synthetic"
-    else:
-        (x_train, y_train), (x_test, y_test) = load_cifar100(archive, verify=verify)
-        names, coarse_names, fine_to_coarse = FINE_LABEL_NAMES, COARSE_LABEL_NAMES, FINE_TO_COARSE
-    (x_tr, y_tr), (x_val, y_val) = split_train_val(x_train, y_train)
-    return Dataset(x_tr, y_tr, x_val, y_val, x_test, y_test, list(names), list(coarse_names),
+    if quick:
+        return synthetic_dataset(2_000, 500, seed=seed, source="synthetic (quick)")
+    if source == "synthetic":
+        return synthetic_dataset(seed=seed)
+    train, test = load_cifar100(archive, verify=verify)
+    return split_dataset(train, test, FINE_LABEL_NAMES, COARSE_LABEL_NAMES, FINE_TO_COARSE, source)
+
+
+def synthetic_dataset(n_train=50_000, n_test=10_000, seed=0, source="synthetic"):
+    """``make_synthetic`` split the original way, with the synthetic class names."""
+    train, test = make_synthetic(n_train, n_test, seed=seed)
+    return split_dataset(train, test, SYNTHETIC_FINE_NAMES, SYNTHETIC_COARSE_NAMES,
+                         SYNTHETIC_FINE_TO_COARSE, source)
+
+
+def split_dataset(train, test, fine_names, coarse_names, fine_to_coarse, source):
+    (x_train, y_train), (x_val, y_val) = split_train_val(*train)
+    return Dataset(x_train, y_train, x_val, y_val, *test, list(fine_names), list(coarse_names),
                    np.asarray(fine_to_coarse), source)
 
 

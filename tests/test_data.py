@@ -12,23 +12,6 @@ REAL_ARCHIVE = os.environ.get("CIFAR100_ARCHIVE") or os.path.join(
     os.path.dirname(__file__), "..", "..", "shared", "data", "cifar-100-python.tar.gz")
 
 
-def test_fake_archive_loads_in_order_with_both_label_kinds(tmp_path):
-    path = tmp_path / "cifar-100-python.tar.gz"
-    written = fake_cifar.write_fake_archive(path, n_train=30, n_test=12, seed=3)
-    with pytest.warns(UserWarning, match="sha256 check"):
-        (x_train, y_train), (x_test, y_test) = data.load_cifar100(path, verify=False)
-    np.testing.assert_array_equal(x_train, written["x_train"])
-    np.testing.assert_array_equal(x_test, written["x_test"])
-    np.testing.assert_array_equal(y_train, written["train_fine_labels"])
-    np.testing.assert_array_equal(y_test, written["test_fine_labels"])
-    assert x_train.dtype == np.uint8 and x_train.shape == (30, 32, 32, 3)
-    assert y_train.shape == (30,) and np.issubdtype(y_train.dtype, np.integer)
-    with pytest.warns(UserWarning):
-        (_, coarse_train), (_, coarse_test) = data.load_cifar100(path, verify=False, label_mode="coarse")
-    np.testing.assert_array_equal(coarse_train, written["train_coarse_labels"])
-    np.testing.assert_array_equal(coarse_test, written["test_coarse_labels"])
-
-
 def test_environment_variable_names_the_archive(tmp_path, monkeypatch):
     path = tmp_path / "local.tar.gz"
     written = fake_cifar.write_fake_archive(path, n_train=10, n_test=5)

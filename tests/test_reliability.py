@@ -27,11 +27,7 @@ from cifar100cnn.artifacts import ArtifactError  # noqa: E402
 
 
 def tiny_dataset(n_train=300, n_test=50, seed=0):
-    (x, y), (x_test, y_test) = data.make_synthetic(n_train, n_test, seed=seed)
-    (x_train, y_train), (x_val, y_val) = data.split_train_val(x, y)
-    return data.Dataset(x_train, y_train, x_val, y_val, x_test, y_test,
-                        data.SYNTHETIC_FINE_NAMES, data.SYNTHETIC_COARSE_NAMES,
-                        data.SYNTHETIC_FINE_TO_COARSE, "synthetic (test)")
+    return data.synthetic_dataset(n_train, n_test, seed=seed, source="synthetic (test)")
 
 
 def quiet_train(*args, **kwargs):

@@ -10,11 +10,7 @@ from cifar100cnn import artifacts, data, models, training, tuning
 
 
 def small_dataset(n_train=1000, n_test=200, seed=0):
-    (x, y), (x_test, y_test) = data.make_synthetic(n_train, n_test, seed=seed)
-    (x_train, y_train), (x_val, y_val) = data.split_train_val(x, y)
-    return data.Dataset(x_train, y_train, x_val, y_val, x_test, y_test,
-                        data.SYNTHETIC_FINE_NAMES, data.SYNTHETIC_COARSE_NAMES,
-                        data.SYNTHETIC_FINE_TO_COARSE, "synthetic")
+    return data.synthetic_dataset(n_train, n_test, seed=seed)
 
 
 def test_as_history_orders_epochs_numerically():
