@@ -256,7 +256,7 @@ def vgg16_feature_extractor(base):
 
 
 def train_vgg16(data, weights="imagenet", models_dir="models", epochs=None, retrain=False,
-                seed=0, finetune=False, strategy=None, verbose=1):
+                seed=0, finetune=False, finetune_epochs=None, strategy=None, verbose=1):
     """Frozen VGG16 base run once over train/validation images, head trained on the features,
     then base + head assembled into one model from raw images and saved."""
     found = existing("vgg16", models_dir, retrain)
@@ -279,7 +279,7 @@ def train_vgg16(data, weights="imagenet", models_dir="models", epochs=None, retr
         history = fit(head, train_ds, val_ds, recipe, work_dir, epochs, verbose)
         model = assemble_vgg16(base, head)
     if finetune:
-        history = finetune_vgg16(model, data, history, models_dir, seed, verbose)
+        history = finetune_vgg16(model, data, history, models_dir, seed, verbose, finetune_epochs)
     finish(model, history, "vgg16", models_dir, work_dir)
     return model, history
 
@@ -291,7 +291,7 @@ def feature_pipeline(features, labels, batch_size, shuffle=False, seed=0):
     return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
 
 
-def finetune_vgg16(model, data, history, models_dir="models", seed=0, verbose=1):
+def finetune_vgg16(model, data, history, models_dir="models", seed=0, verbose=1, epochs=None):
     """Unfreeze block 5 and train the whole model from images at a low learning rate."""
     from .models import unfreeze_block5
 
@@ -301,5 +301,5 @@ def finetune_vgg16(model, data, history, models_dir="models", seed=0, verbose=1)
                              augment=build_augmentation(recipe["augmentation"], seed), seed=seed)
     val_ds = make_pipeline(data.x_val, data.y_val, recipe["batch_size"])
     work_dir = os.path.join(models_dir, "checkpoints", "vgg16_finetune")
-    tuned = fit(model, train_ds, val_ds, recipe, work_dir, recipe["epochs"], verbose)
+    tuned = fit(model, train_ds, val_ds, recipe, work_dir, epochs or recipe["epochs"], verbose)
     return {key: history.get(key, []) + tuned.get(key, []) for key in set(history) | set(tuned)}

@@ -79,6 +79,18 @@ def test_vgg16_pipeline_saves_one_model_from_raw_images(tmp_path):
 
 
 @pytest.mark.slow
+def test_vgg16_finetuning_trains_block5_only(tmp_path):
+    dataset = small_dataset(200, 20)
+    model, history = training.train_vgg16(dataset, weights=None, models_dir=str(tmp_path), epochs=1,
+                                          finetune=True, finetune_epochs=1, verbose=0)
+    base = model.get_layer("vgg16")
+    trainable = {layer.name for layer in base.layers if layer.trainable and layer.weights}
+    assert trainable == {"block5_conv1", "block5_conv2", "block5_conv3"}
+    assert len(history["val_accuracy"]) == 2  # one head epoch + one fine-tuning epoch
+    assert artifacts.load_model(artifacts.model_path("vgg16", tmp_path)).count_params() == 15_134_384
+
+
+@pytest.mark.slow
 def test_tuner_search_stores_trials_ranked_by_validation_accuracy(tmp_path):
     dataset = small_dataset(300, 20)
     results_path = str(tmp_path / "search.json")
