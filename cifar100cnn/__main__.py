@@ -47,6 +47,7 @@ def notebook_parameters(args):
         "third_preset": args.third_preset,
         "retrain": args.retrain,
         "seed": args.seed,
+        "keras_verbose": 2,  # one line per epoch keeps the executed copies small
     }
 
 
@@ -64,9 +65,12 @@ def run_notebooks(args):
             continue
         print(f"\n=== {name} ===", flush=True)
         started = time.time()
+        declared = papermill.inspect_notebook(source)
         try:
             papermill.execute_notebook(source, os.path.join(executed_dir, name),
-                                       parameters=parameters, cwd=REPO_ROOT,
+                                       parameters={key: value for key, value in parameters.items()
+                                                   if key in declared},
+                                       cwd=REPO_ROOT,
                                        kernel_name="python3", progress_bar=True)
         except papermill.PapermillExecutionError as error:
             print(f"\n{name} failed in cell {error.exec_count}: {error.ename}: {error.evalue}\n"
