@@ -109,7 +109,8 @@ def _residual(x, filters):
 def build_third_tuned(width=32, dropout=0.2):
     """A ResNet-9-style network: BN conv blocks, two residual stages, global pooling.
 
-    ``width`` 32 gives 1.67 M parameters (fast on CPUs); 64 gives 6.6 M (for GPUs).
+    ``width`` 32 gives 1.67 M parameters (about 160 s per 40,000-image epoch on two unloaded
+    CPU cores); 16 is about four times cheaper; 64 (6.6 M) suits GPUs.
     """
     inputs = _inputs()
     # Standardize with CIFAR-100's channel statistics (fixed, parameter-free).
