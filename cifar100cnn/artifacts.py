@@ -57,6 +57,10 @@ def atomic_path(path):
     os.close(handle)
     try:
         yield tmp
+        # mkstemp creates the file as 0600; give it the usual permissions.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
