@@ -9,7 +9,7 @@ import tensorflow as tf
 from tqdm.auto import tqdm
 
 from . import artifacts
-from .data import make_pipeline
+from .data import indexed_batches, make_pipeline
 from .models import (RECIPES, assemble_vgg16, build_augmentation, build_vgg16_base,
                      build_vgg16_head, vgg16_preprocessing)
 
@@ -82,7 +82,7 @@ def compile_model(model, recipe, steps_per_epoch, epochs):
         # Label smoothing needs one-hot targets; the pipeline stays sparse.
         loss = SparseSmoothedCrossentropy(recipe["label_smoothing"])
     model.compile(optimizer=make_optimizer(recipe, steps_per_epoch, epochs), loss=loss,
-                  metrics=["accuracy"])
+                  metrics=["accuracy"], steps_per_execution=recipe.get("steps_per_execution", 1))
     return model
 
 
@@ -285,10 +285,7 @@ def train_vgg16(data, weights="imagenet", models_dir="models", epochs=None, retr
 
 
 def feature_pipeline(features, labels, batch_size, shuffle=False, seed=0):
-    ds = tf.data.Dataset.from_tensor_slices((features, labels))
-    if shuffle:
-        ds = ds.shuffle(len(features), seed=seed, reshuffle_each_iteration=True)
-    return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+    return indexed_batches([features, labels], batch_size, shuffle, seed).prefetch(tf.data.AUTOTUNE)
 
 
 def finetune_vgg16(model, data, history, models_dir="models", seed=0, verbose=1, epochs=None):

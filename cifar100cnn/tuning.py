@@ -1,7 +1,5 @@
 """Optional keras-tuner search for the third model over a space holding both presets."""
 
-import os
-
 import keras_tuner
 
 from . import artifacts

@@ -1,7 +1,5 @@
 """Figures: training curves (and, for VisualizeModel, a look inside the models)."""
 
-import os
-
 import matplotlib.pyplot as plt
 
 

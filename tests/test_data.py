@@ -126,6 +126,33 @@ def test_pipeline_batches_uint8_and_rejects_bad_labels():
         data.make_pipeline(x, np.full(10, 100))
 
 
+
+def test_pipeline_keeps_image_label_pairs_and_reshuffles_every_epoch():
+    # Image i holds the value i everywhere, its label i mod 100: pairs must survive.
+    x = np.arange(250).astype(np.uint8)[:, None, None, None] * np.ones((1, 32, 32, 3), np.uint8)
+    y = np.arange(250) % 100
+    ds = data.make_pipeline(x, y, batch_size=64, shuffle=True, seed=1)
+    epochs = []
+    for _ in range(2):
+        order = []
+        for images, labels in ds:
+            assert np.array_equal(images.numpy()[:, 0, 0, 0] % 100, labels.numpy())
+            order.extend(images.numpy()[:, 0, 0, 0].tolist())
+        epochs.append(order)
+    assert sorted(epochs[0]) == sorted(x[:, 0, 0, 0].tolist())  # each image once per epoch
+    assert epochs[0] != epochs[1]  # a fresh order every epoch
+    unshuffled = np.concatenate([images.numpy() for images in data.make_pipeline(x, batch_size=64)])
+    assert np.array_equal(unshuffled, x)  # without labels: the images alone, in order
+
+
+def test_pipeline_reads_the_array_in_place():
+    # A change to the NumPy array after building shows up in the next epoch: no copy was taken.
+    x = np.zeros((8, 32, 32, 3), np.uint8)
+    ds = data.make_pipeline(x, np.zeros(8, np.int64), batch_size=8)
+    x[3] = 7
+    images, _ = next(iter(ds))
+    assert images.numpy()[3].max() == 7
+
 @pytest.mark.real_data
 @pytest.mark.skipif(not os.path.exists(REAL_ARCHIVE), reason="needs the CIFAR-100 archive")
 def test_real_archive_has_the_official_order():

@@ -80,6 +80,36 @@ def test_cached_feature_head_equals_assembled_model():
     np.testing.assert_allclose(assembled, from_features, rtol=1e-4, atol=1e-6)
 
 
+def _affine(images, angle=0.0, shift_x=0.0, shift_y=0.0, flip_x=1.0, flip_y=1.0):
+    row = [np.array([value], "float32") for value in (angle, shift_x, shift_y, flip_x, flip_y)]
+    transforms = models.affine_transforms(*row, 32, 32)
+    return np.asarray(keras.ops.image.affine_transform(images, transforms, fill_mode="nearest"))
+
+
+def test_affine_transforms_match_numpy_rotations_flips_and_shifts():
+    image = IMAGES[:1].astype("float32")
+    np.testing.assert_allclose(_affine(image), image, atol=1e-3)
+    np.testing.assert_allclose(_affine(image, flip_x=-1.0), image[:, :, ::-1], atol=1e-3)
+    np.testing.assert_allclose(_affine(image, flip_y=-1.0), image[:, ::-1], atol=1e-3)
+    np.testing.assert_allclose(_affine(image, angle=np.pi / 2)[0], np.rot90(image[0]), atol=1e-2)
+    shifted = _affine(image, shift_x=3.0)
+    np.testing.assert_allclose(shifted[:, :, :-3], image[:, :, 3:], atol=1e-3)
+    np.testing.assert_allclose(shifted[:, :, -3:], np.repeat(image[:, :, -1:], 3, axis=2), atol=1e-3)
+
+
+def test_seed_augmentation_draws_from_the_original_ranges():
+    # One bright pixel at the centre stays near the centre (rotation about the centre), moves by
+    # at most 0.2 x 32 = 6.4 px and, over many draws, lands on both sides (shifts are symmetric).
+    image = np.zeros((200, 32, 32, 3), "float32")
+    image[:, 15:17, 15:17] = 255
+    augment = models.build_augmentation("seed", seed=3)
+    out = np.asarray(augment(image, training=True))[..., 0]
+    rows = np.array([np.unravel_index(np.argmax(o), o.shape)[0] for o in out])
+    assert np.all(np.abs(rows - 15.5) <= 8)
+    assert (rows < 14).any() and (rows > 17).any()
+    assert np.array_equal(np.asarray(augment(image, training=False)), image)
+
+
 def test_augmentations_keep_shape_and_unknown_names_fail():
     batch = IMAGES.astype("float32")
     for kind in ("seed", "tuned"):
