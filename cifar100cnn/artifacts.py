@@ -8,6 +8,7 @@ through ``load_model``, which keeps Keras' ``safe_mode`` on and checks the model
 import contextlib
 import json
 import os
+import re
 import tempfile
 
 import numpy as np
@@ -44,15 +45,39 @@ def history_path(name, models_dir="models"):
     return model_path(name, models_dir).replace(".keras", ".history.json")
 
 
-@contextlib.contextmanager
-def atomic_path(path):
-    """Yield a temporary path beside ``path``; rename it onto ``path`` only on success."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
+def _temporary_name_parts(path):
     base = os.path.basename(path)
     stem, suffix = os.path.splitext(base)
     if base.endswith(".weights.h5"):
-        suffix = ".weights.h5"
+        stem, suffix = base[:-len(".weights.h5")], ".weights.h5"
+    return stem, suffix
+
+
+def remove_stale_temporaries(path):
+    """Delete the hidden temporary files that a killed earlier save of ``path`` left behind.
+
+    Only names ``atomic_path`` makes for this very target match (``.<stem>.<8 random
+    characters>.tmp<suffix>``); returns the names removed.
+    """
+    folder = os.path.dirname(os.path.abspath(path))
+    stem, suffix = _temporary_name_parts(path)
+    pattern = re.compile(rf"\.{re.escape(stem)}\.[a-z0-9_]{{8}}\.tmp{re.escape(suffix)}")
+    removed = [name for name in os.listdir(folder) if pattern.fullmatch(name)]
+    for name in removed:
+        os.remove(os.path.join(folder, name))
+    return removed
+
+
+@contextlib.contextmanager
+def atomic_path(path):
+    """Yield a temporary path beside ``path``; rename it onto ``path`` only on success.
+
+    Leftovers of an earlier, killed save of the same file are removed first.
+    """
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    remove_stale_temporaries(path)
+    stem, suffix = _temporary_name_parts(path)
     handle, tmp = tempfile.mkstemp(prefix=f".{stem}.", suffix=".tmp" + suffix, dir=folder)
     os.close(handle)
     try:

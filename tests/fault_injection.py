@@ -305,7 +305,8 @@ def kill_during_array_save(workdir):
         new = np.full((64, 32, 32, 3), 200, dtype=np.uint8)
         artifacts.save_array(new, path)
         check(np.array_equal(artifacts.load_array(path), new), "saving again did not replace the file")
-        results[case] = {"partial_temp_files": leftovers}
+        results[case] = {"partial_temp_files": leftovers,
+                         "after_next_save": _temp_leftovers(folder, os.path.basename(path))}
     return results
 
 

@@ -68,9 +68,22 @@ def test_p1_sigkill_mid_epoch_resumes_to_full_history(tmp_path):
 
 def test_p1_sigkill_during_array_save_leaves_no_truncated_file(tmp_path):
     report = fault_injection.kill_during_array_save(str(tmp_path))
-    # The kill really happened mid-write: a partial temp file was left beside the final name.
-    assert report["first_save"]["partial_temp_files"]
-    assert report["overwrite"]["partial_temp_files"]
+    # The kill really happened mid-write: a partial temp file was left beside the final name,
+    # and the next save of the same file cleared it.
+    for case in ("first_save", "overwrite"):
+        assert report[case]["partial_temp_files"]
+        assert report[case]["after_next_save"] == []
+
+
+def test_stale_temporaries_of_other_files_are_left_alone(tmp_path):
+    mine = tmp_path / ".model.ab12cd34.tmp.keras"
+    others = [tmp_path / ".model.v2.ab12cd34.tmp.keras",  # another target's leftover
+              tmp_path / ".model.ab12cd34.tmp.npy",       # same stem, other kind of file
+              tmp_path / "model.keras.bak"]
+    for path in [mine, *others]:
+        path.write_bytes(b"partial")
+    assert artifacts.remove_stale_temporaries(str(tmp_path / "model.keras")) == [mine.name]
+    assert all(path.exists() for path in others) and not mine.exists()
 
 
 @pytest.mark.slow
