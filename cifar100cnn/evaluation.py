@@ -201,6 +201,25 @@ class NothingToEvaluate(RuntimeError):
         return [f"Stopped: {self}"]
 
 
+def ensure_test_arrays(output_dir=".", data_source="cifar100", archive=None, verify_archive=True,
+                       quick=False, seed=0):
+    """Write the test arrays from the dataset when TrainingModels has not run here.
+
+    Lets a newcomer evaluate the committed models without training anything. Returns True
+    when the arrays were written, False when they were already there (left untouched).
+    """
+    arrays_dir = os.path.join(output_dir, "arrays")
+    paths = [os.path.join(arrays_dir, name) for name in (artifacts.X_TEST_FILE, artifacts.Y_TEST_FILE)]
+    if all(os.path.exists(path) for path in paths):
+        return False
+    dataset = data.load_dataset(data_source, archive=archive, verify=verify_archive, quick=quick,
+                                seed=seed)
+    artifacts.save_array(dataset.x_test, paths[0])
+    artifacts.save_array(dataset.y_test, paths[1])
+    print(f"Wrote the {len(dataset.x_test):,} test images of {dataset.source} to {arrays_dir}")
+    return True
+
+
 def load_artifacts(output_dir=".", names=None, required=None):
     """Test arrays and the saved models under ``output_dir``; stop cleanly without them.
 

@@ -153,6 +153,17 @@ def test_load_artifacts_stops_cleanly(tmp_path):
     assert info.value._render_traceback_() == [f"Stopped: {info.value}"]
 
 
+def test_missing_test_arrays_are_written_from_the_dataset_once(tmp_path):
+    assert evaluation.ensure_test_arrays(tmp_path, quick=True, seed=3)
+    x_test, y_test = artifacts.load_test_arrays(tmp_path / "arrays")
+    expected = data.load_dataset(quick=True, seed=3)
+    np.testing.assert_array_equal(x_test, expected.x_test)
+    np.testing.assert_array_equal(y_test, expected.y_test)
+    artifacts.save_array(y_test[::-1].copy(), tmp_path / "arrays" / artifacts.Y_TEST_FILE)
+    assert not evaluation.ensure_test_arrays(tmp_path, quick=True, seed=3)  # existing: untouched
+    np.testing.assert_array_equal(artifacts.load_test_arrays(tmp_path / "arrays")[1], y_test[::-1])
+
+
 def test_saved_probabilities_are_reused(tmp_path, random_predictions):
     _, proba = random_predictions
     x = np.zeros((300, 32, 32, 3), np.uint8)
