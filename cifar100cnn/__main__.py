@@ -18,8 +18,10 @@ def parse_args(argv=None):
                      help="tiny synthetic data and 1-2 epochs: a smoke test of the whole pipeline")
     run.add_argument("--data", choices=("cifar100", "synthetic"), default="cifar100",
                      help="data source (default: cifar100)")
-    run.add_argument("--out", default=REPO_ROOT,
-                     help="folder for models/, arrays/, figures/ and executed/ (default: the repo)")
+    run.add_argument("--out", default=None,
+                     help="folder for models/, arrays/, figures/ and executed/ (default: the repo; "
+                          "runs/quick or runs/synthetic for those modes, so that they never "
+                          "reuse or overwrite the CIFAR-100 models)")
     run.add_argument("--archive", default=None,
                      help="local cifar-100-python.tar.gz (default: $CIFAR100_ARCHIVE, else download)")
     run.add_argument("--no-verify", action="store_true",
@@ -34,6 +36,17 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
+def output_folder(args):
+    """Where a run writes: ``--out``, else the repo for CIFAR-100, else a folder of its own."""
+    if args.out:
+        return os.path.abspath(args.out)
+    if args.quick:
+        return os.path.join(REPO_ROOT, "runs", "quick")
+    if args.data == "synthetic":
+        return os.path.join(REPO_ROOT, "runs", "synthetic")
+    return REPO_ROOT
+
+
 def notebook_parameters(args):
     verify = not args.no_verify and os.environ.get("CIFAR100_VERIFY", "1") != "0"
     weights = None if str(args.vgg16_weights).lower() == "none" else args.vgg16_weights
@@ -42,7 +55,7 @@ def notebook_parameters(args):
         "archive": os.path.abspath(args.archive) if args.archive else None,
         "verify_archive": verify,
         "quick": args.quick,
-        "output_dir": os.path.abspath(args.out),
+        "output_dir": output_folder(args),
         "vgg16_weights": weights,
         "third_preset": args.third_preset,
         "retrain": args.retrain,

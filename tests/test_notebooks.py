@@ -84,3 +84,15 @@ def test_rerun_reuses_finished_models(quick_run):
     assert result.returncode == 0, result.stderr[-3000:]
     assert os.stat(path).st_mtime_ns == stamp
     assert "Reusing" in outputs_text(quick_run / "executed" / "TrainingModels.ipynb")
+
+
+def test_quick_and_synthetic_runs_never_write_over_the_cifar100_models(tmp_path):
+    from cifar100cnn.__main__ import REPO_ROOT, notebook_parameters, parse_args
+
+    def output_dir(*argv):
+        return notebook_parameters(parse_args(["run", *argv]))["output_dir"]
+
+    assert output_dir() == REPO_ROOT
+    assert output_dir("--quick") == os.path.join(REPO_ROOT, "runs", "quick")
+    assert output_dir("--data", "synthetic") == os.path.join(REPO_ROOT, "runs", "synthetic")
+    assert output_dir("--quick", "--out", str(tmp_path)) == str(tmp_path)
