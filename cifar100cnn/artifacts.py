@@ -187,6 +187,12 @@ def load_json(path):
         return json.load(handle)
 
 
+def save_test_arrays(x_test, y_test, arrays_dir="arrays"):
+    """Write the test images and labels (atomically) under their standard names."""
+    save_array(x_test, os.path.join(arrays_dir, X_TEST_FILE))
+    save_array(y_test, os.path.join(arrays_dir, Y_TEST_FILE))
+
+
 def load_test_arrays(arrays_dir="arrays"):
     """The test images (uint8) and labels written by TrainingModels.ipynb, checked."""
     from .data import check_images, check_labels

@@ -214,8 +214,7 @@ def ensure_test_arrays(output_dir=".", data_source="cifar100", archive=None, ver
         return False
     dataset = data.load_dataset(data_source, archive=archive, verify=verify_archive, quick=quick,
                                 seed=seed)
-    artifacts.save_array(dataset.x_test, paths[0])
-    artifacts.save_array(dataset.y_test, paths[1])
+    artifacts.save_test_arrays(dataset.x_test, dataset.y_test, arrays_dir)
     print(f"Wrote the {len(dataset.x_test):,} test images of {dataset.source} to {arrays_dir}")
     return True
 
