@@ -190,6 +190,9 @@ class RandomAffine(layers.Layer):
         self.horizontal_flip, self.vertical_flip = bool(horizontal_flip), bool(vertical_flip)
         self.fill_mode, self.seed = fill_mode, seed
         self.seed_generator = keras.random.SeedGenerator(seed)
+        # TensorFlow 2.21 has no XLA kernel for the affine transform: inside a model on a
+        # GPU this keeps Keras from compiling the training step with XLA.
+        self.supports_jit = False
 
     def _uniform(self, n, limit):
         return keras.random.uniform((n,), -limit, limit, seed=self.seed_generator)
@@ -223,12 +226,13 @@ class RandomAffine(layers.Layer):
 
 
 def build_augmentation(kind, seed=0):
-    """The random transform applied to training batches in the tf.data pipeline (or None)."""
+    """The random transform applied to training batches, in tf.data or in the model (or None)."""
     if kind is None:
         return None
     if kind not in AUGMENTATIONS:
         raise ValueError(f"unknown augmentation {kind!r}; expected None, 'seed' or 'tuned'")
-    return RandomAffine(**AUGMENTATIONS[kind], seed=seed, name=f"augment_{kind}")
+    # float32 even under mixed precision: the random angles and shifts are float32.
+    return RandomAffine(**AUGMENTATIONS[kind], seed=seed, name=f"augment_{kind}", dtype="float32")
 
 
 # ---------------------------------------------------------------------------

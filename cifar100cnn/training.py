@@ -197,31 +197,70 @@ def existing(name, models_dir, retrain):
     return model, history
 
 
+AUGMENT_PLACES = ("auto", "pipeline", "model")
+
+
+def augment_in_model(augment_on="auto"):
+    """Where augmentation runs: ``True`` = inside the training step, ``False`` = tf.data map.
+
+    "auto" puts it inside the step when a GPU is present (batches travel to the GPU as
+    uint8 and are transformed there, the host CPU only gathers them) and in the parallel
+    tf.data map on CPU-only machines (there it runs beside the training step).
+    """
+    if augment_on not in AUGMENT_PLACES:
+        raise ValueError(f"augment_on must be one of {AUGMENT_PLACES}, got {augment_on!r}")
+    if augment_on == "auto":
+        return bool(tf.config.list_physical_devices("GPU"))
+    return augment_on == "model"
+
+
+def with_augmentation(model, augment):
+    """``augment -> model`` as one model to train. It shares ``model``'s layers, so training
+    it trains ``model``, which stays free of augmentation and is what gets saved."""
+    inputs = keras.Input(shape=model.input_shape[1:], name="image")
+    return keras.Model(inputs, model(augment(inputs)), name=f"{model.name}_augmented")
+
+
+def augmented_training(model, train_pipeline, kind, seed, augment_on):
+    """``(model to fit, training dataset)`` for augmentation ``kind`` run where ``augment_on``
+    says; ``train_pipeline(augment)`` makes the training dataset. Call under the strategy."""
+    if kind is not None and augment_in_model(augment_on):
+        return with_augmentation(model, build_augmentation(kind, seed)), train_pipeline(None)
+    return model, train_pipeline(build_augmentation(kind, seed))
+
+
 def train_image_model(name, build, data, recipe_name, models_dir="models", epochs=None,
-                      retrain=False, seed=0, strategy=None, verbose=1, recipe_overrides=None):
+                      retrain=False, seed=0, strategy=None, verbose=1, recipe_overrides=None,
+                      augment_on="auto"):
     """Build (under ``strategy``), train on ``data`` and save the model called ``name``.
 
     ``build`` is a function returning a fresh model; ``recipe_overrides`` replaces entries
-    of ``RECIPES[recipe_name]``. Returns ``(model, history)``; an existing saved model is
-    reused unless ``retrain``.
+    of ``RECIPES[recipe_name]``; ``augment_on`` ("auto", "pipeline" or "model") says where
+    augmentation runs (see ``augment_in_model``). Returns ``(model, history)``; an existing
+    saved model is reused unless ``retrain``.
     """
     if recipe_name not in RECIPES:
         raise ValueError(f"unknown recipe {recipe_name!r}; expected one of {list(RECIPES)}")
+    augment_in_model(augment_on)  # refuse a bad value before any work
     found = existing(name, models_dir, retrain)
     if found:
         return found
     recipe = {**RECIPES[recipe_name], **(recipe_overrides or {})}
     epochs = check_epochs(epochs if epochs is not None else recipe["epochs"])
     set_seed(seed)
-    augment = build_augmentation(recipe["augmentation"], seed=seed)
-    train_ds = make_pipeline(data.x_train, data.y_train, recipe["batch_size"], shuffle=True,
+
+    def train_pipeline(augment):
+        return make_pipeline(data.x_train, data.y_train, recipe["batch_size"], shuffle=True,
                              augment=augment, seed=seed)
+
     val_ds = make_pipeline(data.x_val, data.y_val, recipe["batch_size"])
     strategy = strategy or tf.distribute.get_strategy()
     with strategy.scope():
         model = build()
+        trainee, train_ds = augmented_training(model, train_pipeline, recipe["augmentation"],
+                                               seed, augment_on)
         work_dir = os.path.join(models_dir, "checkpoints", name)
-        history = fit(model, train_ds, val_ds, recipe, work_dir, epochs, verbose)
+        history = fit(trainee, train_ds, val_ds, recipe, work_dir, epochs, verbose)
     finish(model, history, name, models_dir, work_dir)
     return model, history
 
@@ -256,7 +295,8 @@ def vgg16_feature_extractor(base):
 
 
 def train_vgg16(data, weights="imagenet", models_dir="models", epochs=None, retrain=False,
-                seed=0, finetune=False, finetune_epochs=None, strategy=None, verbose=1):
+                seed=0, finetune=False, finetune_epochs=None, strategy=None, verbose=1,
+                augment_on="auto"):
     """Frozen VGG16 base run once over train/validation images, head trained on the features,
     then base + head assembled into one model from raw images and saved."""
     found = existing("vgg16", models_dir, retrain)
@@ -278,8 +318,9 @@ def train_vgg16(data, weights="imagenet", models_dir="models", epochs=None, retr
         head = build_vgg16_head(train_features.shape[1:])
         history = fit(head, train_ds, val_ds, recipe, work_dir, epochs, verbose)
         model = assemble_vgg16(base, head)
-    if finetune:
-        history = finetune_vgg16(model, data, history, models_dir, seed, verbose, finetune_epochs)
+        if finetune:
+            history = finetune_vgg16(model, data, history, models_dir, seed, verbose,
+                                     finetune_epochs, augment_on)
     finish(model, history, "vgg16", models_dir, work_dir)
     return model, history
 
@@ -288,15 +329,23 @@ def feature_pipeline(features, labels, batch_size, shuffle=False, seed=0):
     return indexed_batches([features, labels], batch_size, shuffle, seed).prefetch(tf.data.AUTOTUNE)
 
 
-def finetune_vgg16(model, data, history, models_dir="models", seed=0, verbose=1, epochs=None):
-    """Unfreeze block 5 and train the whole model from images at a low learning rate."""
+def finetune_vgg16(model, data, history, models_dir="models", seed=0, verbose=1, epochs=None,
+                   augment_on="auto"):
+    """Unfreeze block 5 and train the whole model from images at a low learning rate.
+
+    Call under the strategy that built ``model``."""
     from .models import unfreeze_block5
 
     recipe = RECIPES["vgg16_finetune"]
     unfreeze_block5(model)
-    train_ds = make_pipeline(data.x_train, data.y_train, recipe["batch_size"], shuffle=True,
-                             augment=build_augmentation(recipe["augmentation"], seed), seed=seed)
+
+    def train_pipeline(augment):
+        return make_pipeline(data.x_train, data.y_train, recipe["batch_size"], shuffle=True,
+                             augment=augment, seed=seed)
+
+    trainee, train_ds = augmented_training(model, train_pipeline, recipe["augmentation"],
+                                           seed, augment_on)
     val_ds = make_pipeline(data.x_val, data.y_val, recipe["batch_size"])
     work_dir = os.path.join(models_dir, "checkpoints", "vgg16_finetune")
-    tuned = fit(model, train_ds, val_ds, recipe, work_dir, epochs or recipe["epochs"], verbose)
+    tuned = fit(trainee, train_ds, val_ds, recipe, work_dir, epochs or recipe["epochs"], verbose)
     return {key: history.get(key, []) + tuned.get(key, []) for key in set(history) | set(tuned)}

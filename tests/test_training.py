@@ -103,3 +103,54 @@ def test_tuner_search_stores_trials_ranked_by_validation_accuracy(tmp_path):
     assert scores == sorted(scores, reverse=True)
     with open(results_path) as handle:
         assert len(json.load(handle)) == len(trials)
+
+
+@pytest.mark.parametrize("place, expected", [("model", True), ("pipeline", False)])
+def test_augment_in_model_follows_an_explicit_choice(place, expected):
+    assert training.augment_in_model(place) is expected
+
+
+def test_augment_in_model_auto_means_inside_the_step_only_on_a_gpu():
+    import tensorflow as tf
+    assert training.augment_in_model("auto") is bool(tf.config.list_physical_devices("GPU"))
+
+
+def test_augment_on_with_a_bad_value_is_refused_before_training(tmp_path):
+    with pytest.raises(ValueError, match="augment_on"):
+        training.train_image_model("baseline", models.build_baseline, small_dataset(200, 10),
+                                   "baseline", str(tmp_path), augment_on="gpu")
+    assert not os.path.exists(tmp_path / "checkpoints")
+
+
+@pytest.mark.parametrize("policy", ["float32", "mixed_float16"])
+def test_augmentation_inside_the_model_only_acts_in_training(policy):
+    import keras
+    images = small_dataset(200, 10).x_train[:16]  # uint8, as the pipeline delivers them
+    keras.mixed_precision.set_global_policy(policy)
+    try:
+        model = models.build_baseline()  # no dropout: training=True alone changes nothing
+        trainee = training.with_augmentation(model, models.build_augmentation("seed", seed=1))
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    assert trainee.trainable_weights == model.trainable_weights  # training it trains model
+    plain = np.asarray(model(images, training=True), dtype="float32")
+    np.testing.assert_allclose(np.asarray(trainee(images, training=False), dtype="float32"),
+                               plain, atol=1e-6)
+    augmented = np.asarray(trainee(images, training=True), dtype="float32")
+    assert augmented.dtype == np.float32 and np.abs(augmented - plain).max() > 1e-3
+
+
+@pytest.mark.slow
+def test_training_with_augmentation_in_the_model_saves_the_plain_model(tmp_path):
+    dataset = small_dataset(400, 20)
+    model, history = training.train_image_model(
+        "third_seed", models.build_third_seed, dataset, "third_seed", str(tmp_path), epochs=2,
+        verbose=0, augment_on="model")
+    saved = artifacts.load_model(artifacts.model_path("third_seed", tmp_path))
+    kinds = [type(layer).__name__ for layer in saved.layers]
+    assert kinds == [type(layer).__name__ for layer in models.build_third_seed().layers]
+    assert "RandomAffine" not in kinds and saved.name == "third_seed"
+    assert len(history["val_accuracy"]) == 2 and history["loss"][1] < history["loss"][0]
+    # the saved weights are the trained model's (best validation epoch)
+    val_accuracy = float((saved.predict(dataset.x_val, verbose=0).argmax(1) == dataset.y_val).mean())
+    assert val_accuracy == pytest.approx(max(history["val_accuracy"]), abs=1e-6)
