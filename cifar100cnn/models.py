@@ -318,6 +318,20 @@ def unfreeze_block5(model):
     return model
 
 
+def forward_flops(model):
+    """FLOPs (2 x multiply-adds) of the Conv2D and Dense layers for one image, one forward
+    pass, nested models (VGG16's base and head) included; the other layers are cheap.
+    A training step costs about three times this."""
+    total = 0
+    for layer in model.layers:
+        if isinstance(layer, keras.Model):
+            total += forward_flops(layer)
+        elif isinstance(layer, (layers.Conv2D, layers.Dense)):
+            positions = int(np.prod(layer.output.shape[1:-1]))  # 1 for Dense on vectors
+            total += 2 * int(np.prod(layer.kernel.shape)) * positions
+    return total
+
+
 BUILDERS = {
     "baseline": build_baseline,
     "overfit": build_overfit,

@@ -143,3 +143,20 @@ def test_weights_file_from_environment(tmp_path, monkeypatch):
     monkeypatch.setenv("VGG16_WEIGHTS", str(tmp_path / "missing.h5"))
     with pytest.raises(models.WeightsUnavailableError, match="not found"):
         models.build_vgg16_base("imagenet")
+
+
+def test_forward_flops_counts_conv_and_dense_multiply_adds():
+    conv = 30 * 30 * 32 * (3 * 3 * 3)  # valid 3x3 conv, 32 filters, on 32x32x3
+    dense = 15 * 15 * 32 * 256 + 256 * 100
+    assert models.forward_flops(models.build_baseline()) == 2 * (conv + dense)
+
+
+def test_forward_flops_enters_nested_models():
+    base = models.build_vgg16_base(weights=None)
+    head = models.build_vgg16_head(base.output_shape[1:])
+    whole = models.assemble_vgg16(base, head)
+    preprocess = 2 * 32 * 32 * 3 * 3
+    assert models.forward_flops(whole) == (models.forward_flops(base) + models.forward_flops(head)
+                                           + preprocess)
+    assert models.forward_flops(head) == 2 * (512 * 512 + 512 * 256 + 256 * 100)
+    assert 0.6e9 < models.forward_flops(base) < 0.65e9  # VGG16 at 32x32: about 313 M multiply-adds
