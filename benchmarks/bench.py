@@ -1,6 +1,6 @@
 """Speed and memory: the original project's way vs this package's, side by side.
 
-    python benchmarks/bench.py [--quick [--cli]] [--skip-cli] [--output docs/BENCHMARKS.md]
+    python benchmarks/bench.py [--quick [--cli]] [--skip-cli] [--full-pipeline] [--output docs/BENCHMARKS.md]
 
 Everything runs on synthetic CIFAR-shaped data (``data.make_synthetic``), not CIFAR-100.
 Small samples are timed (one warm-up, several repeats, median) and scaled linearly to the
@@ -533,10 +533,14 @@ def bench_third_tuned_variants(x, y, size, work_dir):
 # 5. The whole pipeline
 # ---------------------------------------------------------------------------
 
-def missing_notebooks():
+def notebook_names():
     from cifar100cnn.__main__ import NOTEBOOKS
 
-    return [name for name in NOTEBOOKS if not os.path.exists(os.path.join(REPO_ROOT, name))]
+    return NOTEBOOKS
+
+
+def missing_notebooks():
+    return [name for name in notebook_names() if not os.path.exists(os.path.join(REPO_ROOT, name))]
 
 
 def bench_cli(size, work_dir, args):
@@ -564,6 +568,30 @@ def bench_cli(size, work_dir, args):
         return dict(seconds=None, note=f"failed (exit {result.returncode}): "
                                        f"{result.stderr.strip().splitlines()[-1:]}")
     return dict(seconds=seconds, note="measured", command=" ".join(command[1:]))
+
+
+def bench_full_pipeline(args, work_dir):
+    """Wall time of the whole default pipeline on synthetic data of full size, measured with
+    ``python -m cifar100cnn run`` (only with --full-pipeline: hours on a CPU, minutes on a GPU)."""
+    if not args.full_pipeline:
+        return None
+    command = [sys.executable, "-m", "cifar100cnn", "run", "--data", "synthetic",
+               "--vgg16-weights", "none", "--retrain", "--out", os.path.join(work_dir, "full")]
+    start = time.perf_counter()
+    try:
+        result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True,
+                                timeout=args.full_timeout)
+    except subprocess.TimeoutExpired:
+        return dict(seconds=None, note=f"did not finish within {args.full_timeout} s")
+    seconds = time.perf_counter() - start
+    if result.returncode != 0:
+        return dict(seconds=None, note=f"failed (exit {result.returncode}): "
+                                       f"{result.stderr.strip().splitlines()[-1:]}")
+    # run_notebooks ends with one "<notebook>: <seconds> s" line per notebook
+    notebooks = [line for line in result.stdout.splitlines()
+                 if line.split(":")[0] in notebook_names()]
+    return dict(seconds=seconds, note="measured", notebooks=notebooks,
+                command="python -m cifar100cnn run --data synthetic --vgg16-weights none --retrain")
 
 
 def estimate_full_pipeline(models, vgg, vgg_infer, variants=None):
@@ -699,7 +727,7 @@ def pipeline_goal_cell(seconds):
     return f"≤ 90 min (2 CPU cores) — {'met' if seconds <= 5400 else 'NOT met'}"
 
 
-def summary_table(vgg, aug, memory, total, total_option, floor, peak):
+def summary_table(vgg, aug, memory, total, total_option, floor, peak, full):
     per_epoch = vgg["original"]["epoch_s"] / vgg["head"]["epoch_s"]
     per_epoch_before = vgg["original"]["epoch_s"] / vgg["head_before"]["epoch_s"]
     stage = vgg["original_stage_s"] / vgg["ours_stage_s"]
@@ -722,6 +750,8 @@ def summary_table(vgg, aug, memory, total, total_option, floor, peak):
         ["Full default pipeline (est.)", "", fmt_duration(total), "",
          f"{fmt_duration(total_option)} with third_tuned width 16 (option)",
          pipeline_goal_cell(total)],
+        *([["Full default pipeline, measured", "", fmt_duration(full["seconds"]), "", "",
+            pipeline_goal_cell(full["seconds"])]] if full and full["seconds"] else []),
         ["Floor: its FLOPs at this machine's measured peak", "", fmt_duration(floor), "",
          f"peak {peak['peak'] / 1e9:,.0f} GFLOP/s ({peak['dtype']})",
          f"90 min {'reachable' if floor <= 5400 else 'out of reach'} here even at 100% of peak"
@@ -766,6 +796,17 @@ def models_section(models, vgg, vgg_infer, variants):
     return table(header, rows)
 
 
+def full_pipeline_line(full):
+    if full is None:
+        return ("The whole default pipeline at full size was not run (add `--full-pipeline`; "
+                "hours on a CPU).")
+    if full["seconds"] is None:
+        return f"The whole default pipeline at full size: {full['note']}."
+    return (f"`{full['command']}` (the whole default pipeline, synthetic data of full size): "
+            f"**{fmt_duration(full['seconds'])}** wall time, measured ("
+            + "; ".join(full["notebooks"]) + ").")
+
+
 def pipeline_section(parts, parts_fixed, cli):
     rows = [[name, fmt_duration(seconds), fmt_duration(fixed)]
             for (name, seconds), (_, fixed) in zip(parts, parts_fixed)]
@@ -805,7 +846,7 @@ def render(results, args, size):
         "as ±20%). **VGG16** runs with `weights=None` (the ImageNet weights cannot be downloaded "
         "here); the time per image is the same. **For reference** columns time what the "
         "package did before the speed fixes, in the same run.",
-        "## Summary", summary_table(vgg, aug, memory, total, total_fixed, floor, peak),
+        "## Summary", summary_table(vgg, aug, memory, total, total_fixed, floor, peak, results["full"]),
         "## 1. VGG16 transfer learning",
         "Original way: frozen VGG16 base + head as one model, trained with `fit` on float64 "
         "`x/255` and one-hot labels (batch 100), so the base runs over every image every epoch. "
@@ -855,6 +896,7 @@ def render(results, args, size):
         "the width-16 third_tuned option (not the default; its CIFAR-100 accuracy is not "
         "measured).",
         pipeline_section(parts, parts_fixed, results["cli"]),
+        full_pipeline_line(results["full"]),
         "## 6. The compute floor: how fast this machine could possibly run the pipeline",
         "FLOPs counted from the Conv2D and Dense layers (2 × multiply-adds; the other layers "
         f"are cheap), a training image costing {TRAINING_PASSES} forward passes, each stage with "
@@ -880,6 +922,11 @@ def parse_args(argv=None):
                         help="do not time `python -m cifar100cnn run --quick`")
     parser.add_argument("--cli", action="store_true",
                         help="with --quick: time `python -m cifar100cnn run --quick` as well")
+    parser.add_argument("--full-pipeline", action="store_true",
+                        help="also run and time the whole default pipeline on synthetic data of "
+                             "full size (minutes on a GPU, hours on a CPU)")
+    parser.add_argument("--full-timeout", type=int, default=3 * 3600,
+                        help="seconds --full-pipeline may take (default 3 h)")
     parser.add_argument("--output", default=os.path.join(REPO_ROOT, "docs", "BENCHMARKS.md"))
     parser.add_argument("--memory-worker", nargs=2, metavar=("WAY", "FOLDER"), help=argparse.SUPPRESS)
     return parser.parse_args(argv)
@@ -897,7 +944,8 @@ def run_all(args, size, work_dir):
                        ("memory", lambda: bench_memory(work_dir)),
                        ("models", lambda: bench_models(x, y, size, work_dir)),
                        ("variants", lambda: bench_third_tuned_variants(x, y, size, work_dir)),
-                       ("cli", lambda: bench_cli(size, work_dir, args))):
+                       ("cli", lambda: bench_cli(size, work_dir, args)),
+                       ("full", lambda: bench_full_pipeline(args, work_dir))):
         started = time.perf_counter()
         results[name] = step()
         print(f"[bench] {name}: {time.perf_counter() - started:.0f} s", flush=True)
@@ -919,7 +967,8 @@ def main(argv=None):
     results["elapsed"] = time.perf_counter() - started
     results["hardware"] = hardware
     results["command"] = "python benchmarks/bench.py" + (" --quick" if args.quick else "") \
-        + (" --skip-cli" if args.skip_cli else "") + (" --cli" if args.cli else "")
+        + (" --skip-cli" if args.skip_cli else "") + (" --cli" if args.cli else "") \
+        + (" --full-pipeline" if args.full_pipeline else "")
     report = render(results, args, size)
     print(report)
     os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
