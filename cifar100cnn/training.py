@@ -133,6 +133,26 @@ class EpochLog(keras.callbacks.Callback):
         return max(values) if values else None
 
 
+class BestWeights(keras.callbacks.Callback):
+    """Saves the weights each time validation accuracy beats ``best`` (the best so far).
+
+    Unlike ``ModelCheckpoint``, it writes a temporary file and renames it into place, so a
+    kill mid-write leaves the previous best weights intact.
+    """
+
+    def __init__(self, path, best=None, monitor="val_accuracy"):
+        super().__init__()
+        self.path, self.best, self.monitor = path, best, monitor
+
+    def on_epoch_end(self, epoch, logs=None):
+        value = (logs or {}).get(self.monitor)
+        if value is None or (self.best is not None and value <= self.best):
+            return
+        with artifacts.atomic_path(self.path) as temporary:
+            self.model.save_weights(temporary)
+        self.best = float(value)
+
+
 def as_history(epoch_log):
     """{"0": {...}, "1": {...}} -> {"accuracy": [...], ..., "seconds": [...]} in epoch order."""
     ordered = [epoch_log[key] for key in sorted(epoch_log, key=int)]
@@ -158,9 +178,7 @@ def fit(model, train_ds, val_ds, recipe, work_dir, epochs=None, verbose=1):
     # rerun resumes) is written last, so an epoch it marks done is already in the epoch log.
     # double_checkpoint keeps the previous backup in case the latest one is cut mid-write.
     callbacks = [
-        keras.callbacks.ModelCheckpoint(best_weights, monitor="val_accuracy", mode="max",
-                                        save_best_only=True, save_weights_only=True,
-                                        initial_value_threshold=log.best()),
+        BestWeights(best_weights, best=log.best()),
         log,
         keras.callbacks.BackupAndRestore(os.path.join(work_dir, "backup"), double_checkpoint=True),
     ]

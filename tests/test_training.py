@@ -154,3 +154,52 @@ def test_training_with_augmentation_in_the_model_saves_the_plain_model(tmp_path)
     # the saved weights are the trained model's (best validation epoch)
     val_accuracy = float((saved.predict(dataset.x_val, verbose=0).argmax(1) == dataset.y_val).mean())
     assert val_accuracy == pytest.approx(max(history["val_accuracy"]), abs=1e-6)
+
+
+def _tiny_model(bias):
+    import keras
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    model.set_weights([np.zeros((2, 1), "float32"), np.full((1,), bias, "float32")])
+    return model
+
+
+def _saved_bias(path):
+    reader = _tiny_model(0.0)
+    reader.load_weights(path)
+    return float(reader.get_weights()[1][0])
+
+
+def test_best_weights_saves_only_improvements_over_the_best_so_far(tmp_path):
+    path = str(tmp_path / "best.weights.h5")
+    callback = training.BestWeights(path, best=0.5)  # 0.5: best of epochs before a resume
+    model = _tiny_model(1.0)
+    callback.set_model(model)
+    callback.on_epoch_end(0, {"val_accuracy": 0.4})
+    assert not os.path.exists(path)
+    callback.on_epoch_end(1, {"val_accuracy": 0.6})
+    model.set_weights([np.zeros((2, 1), "float32"), np.full((1,), 2.0, "float32")])
+    callback.on_epoch_end(2, {"val_accuracy": 0.6})  # a tie is not an improvement
+    assert _saved_bias(path) == 1.0 and callback.best == 0.6
+    callback.on_epoch_end(3, {"val_accuracy": 0.7})
+    assert _saved_bias(path) == 2.0
+
+
+def test_best_weights_cut_mid_write_keep_the_previous_best(tmp_path):
+    path = str(tmp_path / "best.weights.h5")
+    callback = training.BestWeights(path)
+    model = _tiny_model(1.0)
+    callback.set_model(model)
+    callback.on_epoch_end(0, {"val_accuracy": 0.3})
+    real_save = model.save_weights
+
+    def cut_mid_write(target):
+        real_save(target)
+        with open(target, "r+b") as handle:  # half a file, then the process "dies"
+            handle.truncate(os.path.getsize(target) // 2)
+        raise KeyboardInterrupt
+
+    model.save_weights = cut_mid_write
+    with pytest.raises(KeyboardInterrupt):
+        callback.on_epoch_end(1, {"val_accuracy": 0.9})
+    assert _saved_bias(path) == 1.0 and callback.best == 0.3
+    assert os.listdir(tmp_path) == ["best.weights.h5"]  # no temporary left
