@@ -412,18 +412,17 @@ def image_model_runner(name, x, y, size, work_dir, build=None, augment_on="auto"
     its augmentation placed as ``training.train_image_model`` places it."""
     from cifar100cnn.data import make_pipeline
     from cifar100cnn.models import BUILDERS, RECIPES
-    from cifar100cnn.training import augmented_training, compile_model
+    from cifar100cnn.training import compile_model, model_to_train, pipeline_augmentation
 
     recipe = RECIPES[name]
     n_train = size["model_train"] // HEAVY.get(name, 1)
     n_val = n_train // 4
     val_ds = make_pipeline(x[n_train:n_train + n_val], y[n_train:n_train + n_val],
                            recipe["batch_size"])
+    train_ds = make_pipeline(x[:n_train], y[:n_train], recipe["batch_size"], shuffle=True,
+                             augment=pipeline_augmentation(recipe["augmentation"], 0, augment_on))
     model = (build or BUILDERS[name])()
-    trainee, train_ds = augmented_training(
-        model, lambda augment: make_pipeline(x[:n_train], y[:n_train], recipe["batch_size"],
-                                             shuffle=True, augment=augment),
-        recipe["augmentation"], 0, augment_on)
+    trainee = model_to_train(model, recipe["augmentation"], 0, augment_on)
     compile_model(trainee, recipe, int(train_ds.cardinality()), recipe["epochs"])
     runner = epoch_runner(trainee, os.path.join(work_dir, name), x=train_ds, validation_data=val_ds)
     return model, runner, n_train, n_val

@@ -222,8 +222,9 @@ def augment_in_model(augment_on="auto"):
     """Where augmentation runs: ``True`` = inside the training step, ``False`` = tf.data map.
 
     "auto" puts it inside the step when a GPU is present (batches travel to the GPU as
-    uint8 and are transformed there, the host CPU only gathers them) and in the parallel
-    tf.data map on CPU-only machines (there it runs beside the training step).
+    uint8 and are transformed there, compiled with the rest of the step by XLA; the host CPU
+    only gathers them) and in the parallel tf.data map on CPU-only machines (there it runs
+    beside the training step instead of inside it).
     """
     if augment_on not in AUGMENT_PLACES:
         raise ValueError(f"augment_on must be one of {AUGMENT_PLACES}, got {augment_on!r}")
@@ -239,12 +240,19 @@ def with_augmentation(model, augment):
     return keras.Model(inputs, model(augment(inputs)), name=f"{model.name}_augmented")
 
 
-def augmented_training(model, train_pipeline, kind, seed, augment_on):
-    """``(model to fit, training dataset)`` for augmentation ``kind`` run where ``augment_on``
-    says; ``train_pipeline(augment)`` makes the training dataset. Call under the strategy."""
-    if kind is not None and augment_in_model(augment_on):
-        return with_augmentation(model, build_augmentation(kind, seed)), train_pipeline(None)
-    return model, train_pipeline(build_augmentation(kind, seed))
+def pipeline_augmentation(kind, seed, augment_on):
+    """The augmentation for the tf.data map; None when there is none or it runs in the model."""
+    if kind is None or augment_in_model(augment_on):
+        return None
+    return build_augmentation(kind, seed)
+
+
+def model_to_train(model, kind, seed, augment_on):
+    """``model``, preceded by augmentation ``kind`` when that runs in the model (compilable
+    with XLA). Call under the strategy that built ``model``."""
+    if kind is None or not augment_in_model(augment_on):
+        return model
+    return with_augmentation(model, build_augmentation(kind, seed, xla=True))
 
 
 def train_image_model(name, build, data, recipe_name, models_dir="models", epochs=None,
@@ -267,16 +275,14 @@ def train_image_model(name, build, data, recipe_name, models_dir="models", epoch
     epochs = check_epochs(epochs if epochs is not None else recipe["epochs"])
     set_seed(seed)
 
-    def train_pipeline(augment):
-        return make_pipeline(data.x_train, data.y_train, recipe["batch_size"], shuffle=True,
-                             augment=augment, seed=seed)
-
+    kind = recipe["augmentation"]
+    train_ds = make_pipeline(data.x_train, data.y_train, recipe["batch_size"], shuffle=True,
+                             augment=pipeline_augmentation(kind, seed, augment_on), seed=seed)
     val_ds = make_pipeline(data.x_val, data.y_val, recipe["batch_size"])
     strategy = strategy or tf.distribute.get_strategy()
     with strategy.scope():
         model = build()
-        trainee, train_ds = augmented_training(model, train_pipeline, recipe["augmentation"],
-                                               seed, augment_on)
+        trainee = model_to_train(model, kind, seed, augment_on)
         work_dir = os.path.join(models_dir, "checkpoints", name)
         history = fit(trainee, train_ds, val_ds, recipe, work_dir, epochs, verbose)
     finish(model, history, name, models_dir, work_dir)
@@ -357,12 +363,10 @@ def finetune_vgg16(model, data, history, models_dir="models", seed=0, verbose=1,
     recipe = RECIPES["vgg16_finetune"]
     unfreeze_block5(model)
 
-    def train_pipeline(augment):
-        return make_pipeline(data.x_train, data.y_train, recipe["batch_size"], shuffle=True,
-                             augment=augment, seed=seed)
-
-    trainee, train_ds = augmented_training(model, train_pipeline, recipe["augmentation"],
-                                           seed, augment_on)
+    kind = recipe["augmentation"]
+    train_ds = make_pipeline(data.x_train, data.y_train, recipe["batch_size"], shuffle=True,
+                             augment=pipeline_augmentation(kind, seed, augment_on), seed=seed)
+    trainee = model_to_train(model, kind, seed, augment_on)
     val_ds = make_pipeline(data.x_val, data.y_val, recipe["batch_size"])
     work_dir = os.path.join(models_dir, "checkpoints", "vgg16_finetune")
     tuned = fit(trainee, train_ds, val_ds, recipe, work_dir, epochs or recipe["epochs"], verbose)

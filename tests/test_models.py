@@ -97,6 +97,53 @@ def test_affine_transforms_match_numpy_rotations_flips_and_shifts():
     np.testing.assert_allclose(shifted[:, :, -3:], np.repeat(image[:, :, -1:], 3, axis=2), atol=1e-3)
 
 
+@pytest.mark.parametrize("fill_mode, degrees, shift", [("nearest", 40, 0.2), ("reflect", 0, 0.125),
+                                                       ("reflect", 90, 0.9), ("nearest", 180, 1.5)])
+def test_resample_affine_equals_tensorflows_affine_transform(fill_mode, degrees, shift):
+    rng = np.random.default_rng(degrees)
+    images = rng.integers(0, 256, (32, 32, 32, 3)).astype("float32")
+
+    def uniform(limit):
+        return rng.uniform(-limit, limit, len(images)).astype("float32")
+
+    def flips():
+        return rng.choice([-1.0, 1.0], len(images)).astype("float32")
+
+    transforms = models.affine_transforms(uniform(np.radians(degrees)), uniform(shift * 32),
+                                          uniform(shift * 32), flips(), flips(), 32, 32)
+    expected = np.asarray(keras.ops.image.affine_transform(images, transforms, fill_mode=fill_mode))
+    np.testing.assert_allclose(np.asarray(models.resample_affine(images, transforms, fill_mode)),
+                               expected, atol=0.01)  # pixel values 0-255
+
+
+def test_resample_affine_compiles_with_xla():
+    import tensorflow as tf
+
+    images = IMAGES.astype("float32")
+    transforms = models.affine_transforms(*(np.full(len(images), v, "float32")
+                                            for v in (0.3, 2.5, -1.5, -1.0, 1.0)), 32, 32)
+    compiled = tf.function(lambda x, t: models.resample_affine(x, t, "reflect"), jit_compile=True)
+    np.testing.assert_allclose(np.asarray(compiled(images, transforms)),
+                               np.asarray(models.resample_affine(images, transforms, "reflect")),
+                               atol=0.01)
+    assert models.build_augmentation("tuned", xla=True).supports_jit
+    assert not models.build_augmentation("tuned").supports_jit  # TensorFlow's kernel: no XLA
+
+
+@pytest.mark.parametrize("kind", ["seed", "tuned"])
+def test_both_resamplers_give_the_same_augmentation(kind):
+    images = IMAGES.astype("float32")
+    kernel = models.build_augmentation(kind, seed=5)(images, training=True)
+    gathers = models.build_augmentation(kind, seed=5, xla=True)(images, training=True)
+    np.testing.assert_allclose(np.asarray(gathers), np.asarray(kernel), atol=0.01)
+
+
+def test_resample_affine_refuses_other_fill_modes():
+    with pytest.raises(ValueError, match="fill_mode"):
+        models.resample_affine(IMAGES.astype("float32"), np.zeros((len(IMAGES), 8), "float32"),
+                               "wrap")
+
+
 def test_seed_augmentation_draws_from_the_original_ranges():
     # One bright pixel at the centre stays near the centre (rotation about the centre), moves by
     # at most 0.2 x 32 = 6.4 px and, over many draws, lands on both sides (shifts are symmetric).

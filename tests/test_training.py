@@ -115,6 +115,17 @@ def test_augment_in_model_auto_means_inside_the_step_only_on_a_gpu():
     assert training.augment_in_model("auto") is bool(tf.config.list_physical_devices("GPU"))
 
 
+def test_augmentation_goes_either_to_the_pipeline_or_to_the_model():
+    model = models.build_baseline()
+    assert training.pipeline_augmentation("tuned", 0, "pipeline") is not None
+    assert training.model_to_train(model, "tuned", 0, "pipeline") is model
+    assert training.pipeline_augmentation("tuned", 0, "model") is None
+    trainee = training.model_to_train(model, "tuned", 0, "model")
+    assert trainee.layers[1].xla and trainee.layers[2] is model
+    assert training.pipeline_augmentation(None, 0, "pipeline") is None
+    assert training.model_to_train(model, None, 0, "model") is model
+
+
 def test_augment_on_with_a_bad_value_is_refused_before_training(tmp_path):
     with pytest.raises(ValueError, match="augment_on"):
         training.train_image_model("baseline", models.build_baseline, small_dataset(200, 10),
@@ -138,6 +149,14 @@ def test_augmentation_inside_the_model_only_acts_in_training(policy):
                                plain, atol=1e-6)
     augmented = np.asarray(trainee(images, training=True), dtype="float32")
     assert augmented.dtype == np.float32 and np.abs(augmented - plain).max() > 1e-3
+
+
+def test_augmented_model_compiles_with_xla():
+    import tensorflow as tf
+    images = small_dataset(200, 10).x_train[:8]
+    trainee = training.model_to_train(models.build_baseline(), "tuned", 0, "model")
+    step = tf.function(lambda x: trainee(x, training=True), jit_compile=True)
+    assert step(images).shape == (8, 100)  # would raise if an op had no XLA kernel
 
 
 @pytest.mark.slow
