@@ -142,11 +142,10 @@ def phase_timers():
 def package_callbacks(work_dir):
     """The per-epoch callbacks ``training.fit`` uses: resume backup and best-weights checkpoint."""
     import keras
+    from cifar100cnn.training import BestWeights
 
-    return [keras.callbacks.BackupAndRestore(os.path.join(work_dir, "backup")),
-            keras.callbacks.ModelCheckpoint(os.path.join(work_dir, "best.weights.h5"),
-                                            monitor="val_accuracy", mode="max",
-                                            save_best_only=True, save_weights_only=True)]
+    return [BestWeights(os.path.join(work_dir, "best.weights.h5")),
+            keras.callbacks.BackupAndRestore(os.path.join(work_dir, "backup"), double_checkpoint=True)]
 
 
 def epoch_runner(model, work_dir, **fit_args):
