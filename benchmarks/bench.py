@@ -541,6 +541,22 @@ def missing_notebooks():
     return [name for name in notebook_names() if not os.path.exists(os.path.join(REPO_ROOT, name))]
 
 
+def timed_run(arguments, timeout):
+    """Wall time of ``python -m cifar100cnn run <arguments>``, with its output, or why not."""
+    command = [sys.executable, "-m", "cifar100cnn", "run", *arguments]
+    start = time.perf_counter()
+    try:
+        result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True,
+                                timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return dict(seconds=None, note=f"did not finish within {timeout} s")
+    seconds = time.perf_counter() - start
+    if result.returncode != 0:
+        return dict(seconds=None, note=f"failed (exit {result.returncode}): "
+                                       f"{result.stderr.strip().splitlines()[-1:]}")
+    return dict(seconds=seconds, note="measured", stdout=result.stdout)
+
+
 def bench_cli(size, work_dir, args):
     """Wall time of ``python -m cifar100cnn run --quick`` in a scratch folder, or why not."""
     if args.skip_cli:
@@ -553,19 +569,8 @@ def bench_cli(size, work_dir, args):
     missing = missing_notebooks()
     if missing:
         return dict(seconds=None, note=f"skipped: notebooks not present yet ({', '.join(missing)})")
-    command = [sys.executable, "-m", "cifar100cnn", "run", "--quick", "--data", "synthetic",
-               "--vgg16-weights", "none", "--out", os.path.join(work_dir, "cli")]
-    start = time.perf_counter()
-    try:
-        result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True,
-                                timeout=size["cli_timeout"])
-    except subprocess.TimeoutExpired:
-        return dict(seconds=None, note=f"did not finish within {size['cli_timeout']} s")
-    seconds = time.perf_counter() - start
-    if result.returncode != 0:
-        return dict(seconds=None, note=f"failed (exit {result.returncode}): "
-                                       f"{result.stderr.strip().splitlines()[-1:]}")
-    return dict(seconds=seconds, note="measured", command=" ".join(command[1:]))
+    return timed_run(["--quick", "--data", "synthetic", "--vgg16-weights", "none",
+                      "--out", os.path.join(work_dir, "cli")], size["cli_timeout"])
 
 
 def bench_full_pipeline(args, work_dir):
@@ -573,23 +578,14 @@ def bench_full_pipeline(args, work_dir):
     ``python -m cifar100cnn run`` (only with --full-pipeline: hours on a CPU, minutes on a GPU)."""
     if not args.full_pipeline:
         return None
-    command = [sys.executable, "-m", "cifar100cnn", "run", "--data", "synthetic",
-               "--vgg16-weights", "none", "--retrain", "--out", os.path.join(work_dir, "full")]
-    start = time.perf_counter()
-    try:
-        result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True,
-                                timeout=args.full_timeout)
-    except subprocess.TimeoutExpired:
-        return dict(seconds=None, note=f"did not finish within {args.full_timeout} s")
-    seconds = time.perf_counter() - start
-    if result.returncode != 0:
-        return dict(seconds=None, note=f"failed (exit {result.returncode}): "
-                                       f"{result.stderr.strip().splitlines()[-1:]}")
-    # run_notebooks ends with one "<notebook>: <seconds> s" line per notebook
-    notebooks = [line for line in result.stdout.splitlines()
-                 if line.split(":")[0] in notebook_names()]
-    return dict(seconds=seconds, note="measured", notebooks=notebooks,
-                command="python -m cifar100cnn run --data synthetic --vgg16-weights none --retrain")
+    arguments = ["--data", "synthetic", "--vgg16-weights", "none", "--retrain"]
+    result = timed_run(arguments + ["--out", os.path.join(work_dir, "full")], args.full_timeout)
+    if result["seconds"] is not None:
+        # run_notebooks ends with one "<notebook>: <seconds> s" line per notebook
+        result["notebooks"] = [line for line in result.pop("stdout").splitlines()
+                               if line.split(":")[0] in notebook_names()]
+        result["command"] = "python -m cifar100cnn run " + " ".join(arguments)
+    return result
 
 
 def estimate_full_pipeline(models, vgg, vgg_infer, variants=None):
