@@ -28,6 +28,10 @@ def parse_args(argv=None):
                      help="skip the sha256 check of a local archive ($CIFAR100_VERIFY=0 does the same)")
     run.add_argument("--vgg16-weights", default="imagenet",
                      help="'imagenet' (download), a local .h5 file ($VGG16_WEIGHTS), or 'none' (random)")
+    run.add_argument("--vgg16-finetune", action="store_true",
+                     help="after the head, unfreeze VGG16 block 5 and train at a low rate (GPU advised)")
+    run.add_argument("--vgg16-input-size", type=int, default=32,
+                     help="upscale images to this size for VGG16 (32-224; default 32, as the original)")
     run.add_argument("--third-preset", choices=("tuned", "seed"), default="tuned")
     run.add_argument("--retrain", action="store_true", help="train again even if a model exists")
     run.add_argument("--seed", type=int, default=0)
@@ -57,6 +61,8 @@ def notebook_parameters(args):
         "quick": args.quick,
         "output_dir": output_folder(args),
         "vgg16_weights": weights,
+        "vgg16_finetune": args.vgg16_finetune,
+        "vgg16_input_size": args.vgg16_input_size,
         "third_preset": args.third_preset,
         "retrain": args.retrain,
         "seed": args.seed,

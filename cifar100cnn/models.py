@@ -34,9 +34,11 @@ RECIPES = {
     "third_tuned": dict(epochs=30, batch_size=128, optimizer="sgd", learning_rate=0.1,
                         momentum=0.9, weight_decay=5e-4, label_smoothing=0.1,
                         width=32, dropout=0.2, augmentation="tuned", early_stopping=8),
-    # VGG16 head on cached features of the frozen base.
+    # VGG16 head on cached features of the frozen base. input_size > 32 upscales the images
+    # inside the model before the base (an option for GPU users: cost grows as its square).
     "vgg16": dict(epochs=100, batch_size=100, optimizer="rmsprop", learning_rate=1e-3,
-                  augmentation=None, early_stopping=None, steps_per_execution=50),
+                  augmentation=None, early_stopping=None, steps_per_execution=50,
+                  input_size=32),
     # Optional fine-tuning of block 5 after the head is trained (GPU users).
     "vgg16_finetune": dict(epochs=10, batch_size=100, optimizer="rmsprop", learning_rate=1e-5,
                            augmentation="tuned", early_stopping=4),
@@ -308,11 +310,22 @@ def resolve_vgg16_weights(weights="imagenet"):
     return weights
 
 
-def build_vgg16_base(weights="imagenet"):
-    """The frozen convolutional base of VGG16 for 32x32 inputs (14,714,688 parameters)."""
+VGG16_INPUT_SIZES = range(32, 225)  # VGG16 needs at least 32x32; 224 is its ImageNet size
+
+
+def check_vgg16_input_size(input_size):
+    if input_size not in VGG16_INPUT_SIZES:
+        raise ValueError(f"VGG16 input size must be an integer from 32 to 224, got {input_size!r}")
+    return input_size
+
+
+def build_vgg16_base(weights="imagenet", input_size=32):
+    """The frozen convolutional base of VGG16 (14,714,688 parameters) for square inputs of
+    ``input_size`` pixels: 32 (CIFAR's own size, as the original) or upscaled."""
     weights = resolve_vgg16_weights(weights)
+    shape = (check_vgg16_input_size(input_size),) * 2 + (3,)
     try:
-        base = keras.applications.VGG16(include_top=False, weights=weights, input_shape=IMAGE_SHAPE)
+        base = keras.applications.VGG16(include_top=False, weights=weights, input_shape=shape)
     except Exception as error:
         if weights != "imagenet":
             raise
@@ -334,6 +347,16 @@ def vgg16_preprocessing():
     return layer
 
 
+def vgg16_front(inputs, input_size=32):
+    """Raw 0-255 images -> (upscaled to ``input_size``) -> VGG16 preprocessing."""
+    x = inputs
+    if input_size != inputs.shape[1]:
+        # float32, like the preprocessing: float16 would round the 0-255 pixel values.
+        x = layers.Resizing(input_size, input_size, interpolation="bilinear",
+                            dtype="float32", name="upscale")(x)
+    return vgg16_preprocessing()(x)
+
+
 def build_vgg16_head(feature_shape=(1, 1, 512)):
     """Flatten -> Dense512 -> Dense256 -> Dense100 on VGG16 features: 419,684 parameters."""
     features = keras.Input(shape=feature_shape, name="vgg16_features")
@@ -344,15 +367,14 @@ def build_vgg16_head(feature_shape=(1, 1, 512)):
 
 
 def assemble_vgg16(base, head):
-    """One model from raw images: preprocessing -> frozen base -> trained head."""
+    """One model from raw 32x32 images: (upscale ->) preprocessing -> frozen base -> head."""
     inputs = _inputs()
-    x = vgg16_preprocessing()(inputs)
-    x = base(x, training=False)
+    x = base(vgg16_front(inputs, base.input_shape[1]), training=False)
     return keras.Model(inputs, head(x), name="vgg16_transfer")
 
 
-def build_vgg16(weights="imagenet"):
-    base = build_vgg16_base(weights)
+def build_vgg16(weights="imagenet", input_size=32):
+    base = build_vgg16_base(weights, input_size)
     return assemble_vgg16(base, build_vgg16_head(base.output_shape[1:]))
 
 

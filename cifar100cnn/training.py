@@ -11,7 +11,7 @@ from tqdm.auto import tqdm
 from . import artifacts
 from .data import indexed_batches, make_pipeline
 from .models import (RECIPES, assemble_vgg16, build_augmentation, build_vgg16_base,
-                     build_vgg16_head, vgg16_preprocessing)
+                     build_vgg16_head, check_vgg16_input_size, vgg16_front)
 
 
 def set_seed(seed=0):
@@ -193,13 +193,15 @@ def fit(model, train_ds, val_ds, recipe, work_dir, epochs=None, verbose=1):
     return as_history(log.epochs)
 
 
-def finish(model, history, name, models_dir, work_dir):
-    """Save the model and its history under their final names, then drop the work folder."""
+def finish(model, history, name, models_dir, *work_dirs):
+    """Save the model and its history under their final names, then clear the work folders
+    (a later retrain must not resume from, or keep the best weights of, this finished run)."""
     path = artifacts.save_model(model, artifacts.model_path(name, models_dir))
     artifacts.save_json(history, artifacts.history_path(name, models_dir))
-    for leftover in ("epochs.json", "best.weights.h5"):
-        if os.path.exists(os.path.join(work_dir, leftover)):
-            os.remove(os.path.join(work_dir, leftover))
+    for work_dir in work_dirs:
+        for leftover in ("epochs.json", "best.weights.h5"):
+            if os.path.exists(os.path.join(work_dir, leftover)):
+                os.remove(os.path.join(work_dir, leftover))
     return path
 
 
@@ -313,31 +315,40 @@ def predict_in_batches(model, x, batch_size=500, description="predict"):
 
 
 def vgg16_feature_extractor(base):
+    """Raw 32x32 images -> the frozen base's features (upscaled first if the base is larger)."""
     inputs = keras.Input(shape=(32, 32, 3))
-    return keras.Model(inputs, base(vgg16_preprocessing()(inputs), training=False),
+    return keras.Model(inputs, base(vgg16_front(inputs, base.input_shape[1]), training=False),
                        name="vgg16_features")
 
 
 def train_vgg16(data, weights="imagenet", models_dir="models", epochs=None, retrain=False,
                 seed=0, finetune=False, finetune_epochs=None, strategy=None, verbose=1,
-                augment_on="auto"):
+                augment_on="auto", input_size=None):
     """Frozen VGG16 base run once over train/validation images, head trained on the features,
-    then base + head assembled into one model from raw images and saved."""
+    then base + head assembled into one model from raw images and saved.
+
+    ``input_size`` (default: the recipe's 32) upscales the images inside the model; the
+    cached features then take 50,000 x (input_size / 32)^2 x 2 KiB of memory."""
+    recipe = RECIPES["vgg16"]
+    input_size = check_vgg16_input_size(recipe["input_size"] if input_size is None else input_size)
     found = existing("vgg16", models_dir, retrain)
     if found:
+        saved_size = found[0].get_layer("vgg16").input_shape[1]
+        if saved_size != input_size:
+            print(f"Note: the saved VGG16 model sees {saved_size}x{saved_size} inputs, not "
+                  f"{input_size}x{input_size}; set retrain=True to train it at the new size.")
         return found
-    recipe = RECIPES["vgg16"]
     epochs = check_epochs(epochs if epochs is not None else recipe["epochs"])
     set_seed(seed)
     strategy = strategy or tf.distribute.get_strategy()
     with strategy.scope():
-        base = build_vgg16_base(weights)
+        base = build_vgg16_base(weights, input_size)
         extractor = vgg16_feature_extractor(base)
     train_features = predict_in_batches(extractor, data.x_train, description="VGG16 features (train)")
     val_features = predict_in_batches(extractor, data.x_val, description="VGG16 features (validation)")
     train_ds = feature_pipeline(train_features, data.y_train, recipe["batch_size"], shuffle=True, seed=seed)
     val_ds = feature_pipeline(val_features, data.y_val, recipe["batch_size"])
-    work_dir = os.path.join(models_dir, "checkpoints", "vgg16")
+    work_dir = vgg16_checkpoints(models_dir, "vgg16", input_size)
     with strategy.scope():
         head = build_vgg16_head(train_features.shape[1:])
         history = fit(head, train_ds, val_ds, recipe, work_dir, epochs, verbose)
@@ -345,8 +356,15 @@ def train_vgg16(data, weights="imagenet", models_dir="models", epochs=None, retr
         if finetune:
             history = finetune_vgg16(model, data, history, models_dir, seed, verbose,
                                      finetune_epochs, augment_on)
-    finish(model, history, "vgg16", models_dir, work_dir)
+    finish(model, history, "vgg16", models_dir, work_dir,
+           vgg16_checkpoints(models_dir, "vgg16_finetune", input_size))
     return model, history
+
+
+def vgg16_checkpoints(models_dir, stage, input_size):
+    # Another input size gives other weight shapes: its checkpoints are kept apart.
+    suffix = "" if input_size == 32 else f"_{input_size}px"
+    return os.path.join(models_dir, "checkpoints", stage + suffix)
 
 
 def feature_pipeline(features, labels, batch_size, shuffle=False, seed=0):
@@ -368,6 +386,7 @@ def finetune_vgg16(model, data, history, models_dir="models", seed=0, verbose=1,
                              augment=pipeline_augmentation(kind, seed, augment_on), seed=seed)
     trainee = model_to_train(model, kind, seed, augment_on)
     val_ds = make_pipeline(data.x_val, data.y_val, recipe["batch_size"])
-    work_dir = os.path.join(models_dir, "checkpoints", "vgg16_finetune")
+    work_dir = vgg16_checkpoints(models_dir, "vgg16_finetune",
+                                 model.get_layer("vgg16").input_shape[1])
     tuned = fit(trainee, train_ds, val_ds, recipe, work_dir, epochs or recipe["epochs"], verbose)
     return {key: history.get(key, []) + tuned.get(key, []) for key in set(history) | set(tuned)}

@@ -80,6 +80,27 @@ def test_cached_feature_head_equals_assembled_model():
     np.testing.assert_allclose(assembled, from_features, rtol=1e-4, atol=1e-6)
 
 
+def test_upscaled_vgg16_takes_32px_images_and_sees_them_resized():
+    base = models.build_vgg16_base(weights=None, input_size=64)
+    assert base.output_shape[1:] == (2, 2, 512) and base.count_params() == 14_714_688
+    head = models.build_vgg16_head(base.output_shape[1:])
+    assert head.count_params() == 2048 * 512 + 512 + 512 * 256 + 256 + 256 * 100 + 100
+    model = models.assemble_vgg16(base, head)
+    assert model.input_shape == (None, 32, 32, 3) and model.output_shape == (None, 100)
+    features = training.predict_in_batches(training.vgg16_feature_extractor(base), IMAGES, batch_size=4)
+    resized = keras.ops.image.resize(IMAGES.astype("float32"), (64, 64), interpolation="bilinear")
+    expected = np.asarray(base(models.vgg16_preprocessing()(resized)))
+    np.testing.assert_allclose(features, expected, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(np.asarray(model(IMAGES)), np.asarray(head(features)),
+                               rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("size", [31, 225, 64.5, "96"])
+def test_bad_vgg16_input_sizes_are_refused(size):
+    with pytest.raises(ValueError, match="input size"):
+        models.build_vgg16_base(weights=None, input_size=size)
+
+
 def _affine(images, angle=0.0, shift_x=0.0, shift_y=0.0, flip_x=1.0, flip_y=1.0):
     row = [np.array([value], "float32") for value in (angle, shift_x, shift_y, flip_x, flip_y)]
     transforms = models.affine_transforms(*row, 32, 32)

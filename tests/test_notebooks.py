@@ -96,3 +96,14 @@ def test_quick_and_synthetic_runs_never_write_over_the_cifar100_models(tmp_path)
     assert output_dir("--quick") == os.path.join(REPO_ROOT, "runs", "quick")
     assert output_dir("--data", "synthetic") == os.path.join(REPO_ROOT, "runs", "synthetic")
     assert output_dir("--quick", "--out", str(tmp_path)) == str(tmp_path)
+
+
+def test_vgg16_options_reach_the_training_notebook():
+    import papermill
+
+    from cifar100cnn.__main__ import REPO_ROOT, notebook_parameters, parse_args
+
+    parameters = notebook_parameters(parse_args(["run", "--vgg16-finetune", "--vgg16-input-size", "96"]))
+    assert parameters["vgg16_finetune"] is True and parameters["vgg16_input_size"] == 96
+    declared = papermill.inspect_notebook(os.path.join(REPO_ROOT, "TrainingModels.ipynb"))
+    assert {"vgg16_finetune", "vgg16_input_size"} <= set(declared)

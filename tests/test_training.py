@@ -91,6 +91,25 @@ def test_vgg16_finetuning_trains_block5_only(tmp_path):
 
 
 @pytest.mark.slow
+def test_upscaled_vgg16_finetunes_saves_and_is_reused(tmp_path, capsys):
+    dataset = small_dataset(100, 10)
+    model, history = training.train_vgg16(dataset, weights=None, models_dir=str(tmp_path), epochs=1,
+                                          finetune=True, finetune_epochs=1, verbose=0, input_size=64)
+    assert len(history["val_accuracy"]) == 2
+    checkpoints = tmp_path / "checkpoints"
+    assert sorted(os.listdir(checkpoints)) == ["vgg16_64px", "vgg16_finetune_64px"]
+    # Finished: nothing a later retrain could resume from.
+    assert not [name for folder in checkpoints.iterdir() for name in os.listdir(folder)]
+    saved = artifacts.load_model(artifacts.model_path("vgg16", tmp_path))
+    assert saved.get_layer("vgg16").input_shape[1:] == (64, 64, 3)
+    np.testing.assert_allclose(saved.predict(dataset.x_test, verbose=0),
+                               model.predict(dataset.x_test, verbose=0), atol=1e-5)
+    reused, _ = training.train_vgg16(dataset, weights=None, models_dir=str(tmp_path), epochs=1)
+    assert reused.get_layer("vgg16").input_shape[1:] == (64, 64, 3)
+    assert "sees 64x64 inputs, not 32x32" in capsys.readouterr().out
+
+
+@pytest.mark.slow
 def test_tuner_search_stores_trials_ranked_by_validation_accuracy(tmp_path):
     dataset = small_dataset(300, 20)
     results_path = str(tmp_path / "search.json")
