@@ -333,7 +333,8 @@ def train_vgg16(data, weights="imagenet", models_dir="models", epochs=None, retr
     input_size = check_vgg16_input_size(recipe["input_size"] if input_size is None else input_size)
     found = existing("vgg16", models_dir, retrain)
     if found:
-        saved_size = found[0].get_layer("vgg16").input_shape[1]
+        nested = {layer.name: layer for layer in found[0].layers}
+        saved_size = nested["vgg16"].input_shape[1] if "vgg16" in nested else input_size
         if saved_size != input_size:
             print(f"Note: the saved VGG16 model sees {saved_size}x{saved_size} inputs, not "
                   f"{input_size}x{input_size}; set retrain=True to train it at the new size.")

@@ -473,7 +473,7 @@ def test_p6_out_of_memory_at_batch_one_is_raised_not_looped():
 def test_p6_vgg16_feature_extraction_survives_out_of_memory(tmp_path, monkeypatch, capsys):
     """train_vgg16 with a small stand-in base that runs out of memory above 32 images."""
 
-    def tiny_base(weights):
+    def tiny_base(weights, input_size=32):
         inputs = keras.Input(shape=(32, 32, 3))
         x = keras.layers.Conv2D(8, 3, strides=8)(inputs)
         x = keras.layers.GlobalAveragePooling2D()(x)
