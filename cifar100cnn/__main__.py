@@ -30,8 +30,9 @@ def parse_args(argv=None):
                      help="'imagenet' (download), a local .h5 file ($VGG16_WEIGHTS), or 'none' (random)")
     run.add_argument("--vgg16-finetune", action="store_true",
                      help="after the head, unfreeze VGG16 block 5 and train at a low rate (GPU advised)")
-    run.add_argument("--vgg16-input-size", type=int, default=32,
-                     help="upscale images to this size for VGG16 (32-224; default 32, as the original)")
+    run.add_argument("--vgg16-input-size", type=int, default=None,
+                     help="upscale images to this size for VGG16 (32-224; default: the recipe's 32, "
+                          "as the original)")
     run.add_argument("--third-preset", choices=("tuned", "seed"), default="tuned")
     run.add_argument("--retrain", action="store_true", help="train again even if a model exists")
     run.add_argument("--seed", type=int, default=0)
