@@ -42,7 +42,7 @@ SIZES = {
 HEAVY = {"third_tuned": 4}
 
 # The image models the full pipeline trains (recipes in models.RECIPES).
-IMAGE_MODELS = ("baseline", "overfit", "third_seed", "third_tuned")
+IMAGE_MODELS = ("baseline", "overfit", "third_original", "third_tuned")
 
 
 # ---------------------------------------------------------------------------
@@ -296,7 +296,7 @@ def scipy_generator_batches(x, y, batch_size=100, seed=0):
     return batches()
 
 
-def three_layer_seed_augmentation():
+def three_layer_original_augmentation():
     """The package before: three Keras random layers, so three resamplings per image."""
     import keras
 
@@ -311,8 +311,8 @@ def bench_augmentation(x, y, size):
 
     n = size["aug"]
     batches, legacy_name = legacy_generator_batches(x[:n] / 255.0, one_hot(y[:n]))
-    ours = make_pipeline(x[:n], y[:n], 100, shuffle=True, augment=build_augmentation("seed"))
-    before = make_pipeline(x[:n], y[:n], 100, shuffle=True, augment=three_layer_seed_augmentation())
+    ours = make_pipeline(x[:n], y[:n], 100, shuffle=True, augment=build_augmentation("original"))
+    before = make_pipeline(x[:n], y[:n], 100, shuffle=True, augment=three_layer_original_augmentation())
     m = interleaved({"legacy": lambda: wall_seconds(lambda: [next(batches) for _ in range(n // 100)]),
                      "ours": lambda: wall_seconds(lambda: [batch for batch in ours]),
                      "before": lambda: wall_seconds(lambda: [batch for batch in before])},
@@ -854,7 +854,7 @@ def render(results, args, size):
         "## 2. Augmentation input pipeline (third model, original settings)",
         f"Rotation ±40°, shifts 0.2, vertical flip, nearest fill, batches of 100, {aug['n']:,} "
         f"images per pass. Original: {aug['legacy_name']} on float `x/255`, single-threaded. "
-        "Ours: `make_pipeline(..., shuffle=True, augment=build_augmentation(\"seed\"))`: "
+        "Ours: `make_pipeline(..., shuffle=True, augment=build_augmentation(\"original\"))`: "
         "`models.RandomAffine` composes rotation, shifts and flip into one "
         "`keras.ops.image.affine_transform` per batch, in a parallel, prefetched `tf.data` map. "
         "For reference: the same transforms as three Keras layers (RandomRotation, RandomFlip, "
@@ -885,7 +885,7 @@ def render(results, args, size):
         "are timed one model after another.",
         "## 5. The whole pipeline",
         "Estimate from the per-epoch figures above (labelled as such): each recipe's default "
-        "epochs without early stopping, third_seed and third_tuned both counted; the "
+        "epochs without early stopping, third_original and third_tuned both counted; the "
         "keras-tuner search and notebook start-up are not included. The last column swaps in "
         "the width-16 third_tuned option (not the default; its CIFAR-100 accuracy is not "
         "measured).",

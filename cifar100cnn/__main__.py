@@ -33,7 +33,11 @@ def parse_args(argv=None):
     run.add_argument("--vgg16-input-size", type=int, default=None,
                      help="upscale images to this size for VGG16 (32-224; default: the recipe's 32, "
                           "as the original)")
-    run.add_argument("--third-preset", choices=("tuned", "seed"), default="tuned")
+    run.add_argument("--third-preset", choices=("tuned", "original"), default="tuned")
+    run.add_argument("--precision", default="auto",
+                     choices=("auto", "float32", "mixed_float16", "mixed_bfloat16"),
+                     help="training precision (default auto: mixed_float16 on a GPU, mixed_bfloat16 "
+                          "on CPUs with AMX or AVX512-BF16, else float32); saved models are float32")
     run.add_argument("--retrain", action="store_true", help="train again even if a model exists")
     run.add_argument("--seed", type=int, default=0)
     run.add_argument("--notebooks", nargs="*", default=list(NOTEBOOKS),
@@ -66,6 +70,7 @@ def notebook_parameters(args):
         "vgg16_input_size": args.vgg16_input_size,
         "third_preset": args.third_preset,
         "retrain": args.retrain,
+        "precision": args.precision,
         "seed": args.seed,
         "keras_verbose": 2,  # one line per epoch keeps the executed copies small
     }

@@ -17,7 +17,7 @@ MODEL_FILES = {
     "baseline": "cifar100_basic_cnn.keras",
     "overfit": "cifar100_overfit_cnn.keras",
     "third": "cifar100_third_cnn.keras",
-    "third_seed": "cifar100_third_seed_cnn.keras",
+    "third_original": "cifar100_third_original_cnn.keras",
     "vgg16": "cifar100_vgg16_cnn.keras",
 }
 PRODUCED_BY = {
@@ -25,7 +25,7 @@ PRODUCED_BY = {
     "overfit": "TrainingModels.ipynb",
     "vgg16": "TrainingModels.ipynb",
     "third": "ThirdModel.ipynb",
-    "third_seed": "ThirdModel.ipynb",
+    "third_original": "ThirdModel.ipynb",
 }
 X_TEST_FILE = "cifar100_x_test.npy"
 Y_TEST_FILE = "cifar100_y_test.npy"

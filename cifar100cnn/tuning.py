@@ -4,38 +4,42 @@ import keras_tuner
 
 from . import artifacts
 from .data import make_pipeline
-from .models import RECIPES, build_augmentation, build_third_seed, build_third_tuned
+from .models import (RECIPES, build_augmentation, build_third_original, build_third_tuned,
+                     whitening_kernel)
 from .training import compile_model, set_seed
 
 
-def build_candidate(hp, steps_per_epoch=1, epochs=1):
-    """One model of the search space: the original recipe ("seed") or a tuned network."""
-    preset = hp.Choice("preset", ["tuned", "seed"])
-    if preset == "seed":
-        model = build_third_seed()
-        recipe = dict(RECIPES["third_seed"])
+def build_candidate(hp, steps_per_epoch=1, epochs=1, whitening=None):
+    """One model of the search space: the original recipe ("original") or the tuned network
+    with its width, peak learning rate, weight decay and label smoothing free."""
+    preset = hp.Choice("preset", ["tuned", "original"])
+    if preset == "original":
+        model = build_third_original()
+        recipe = dict(RECIPES["third_original"])
     else:
         with hp.conditional_scope("preset", ["tuned"]):
-            width = hp.Choice("width", [16, 32, 48])
-            dropout = hp.Float("dropout", 0.0, 0.5, step=0.1)
-            learning_rate = hp.Float("learning_rate", 0.02, 0.2, sampling="log")
-        model = build_third_tuned(width=width, dropout=dropout)
-        recipe = {**RECIPES["third_tuned"], "learning_rate": learning_rate}
+            width = hp.Choice("width", [96, 128])
+            recipe = {**RECIPES["third_tuned"],
+                      "learning_rate": hp.Float("learning_rate", 0.4, 1.6, sampling="log"),
+                      "weight_decay": hp.Choice("weight_decay", [5e-3, 1e-2]),
+                      "label_smoothing": hp.Choice("label_smoothing", [0.1, 0.2])}
+        model = build_third_tuned((width, 2 * width, 4 * width), whitening)
     # The learning-rate schedule spans the largest epoch budget of the search.
     return compile_model(model, recipe, steps_per_epoch, epochs)
 
 
 class ThirdModelHypermodel(keras_tuner.HyperModel):
-    """Search space + fit: each trial also chooses its augmentation ("seed" or "tuned")."""
+    """Search space + fit: each trial also chooses its augmentation ("original" or "tuned")."""
 
-    def __init__(self, steps_per_epoch, max_epochs, seed=0):
+    def __init__(self, steps_per_epoch, max_epochs, seed=0, whitening=None):
         super().__init__()
         self.steps_per_epoch = steps_per_epoch
         self.max_epochs = max_epochs
         self.seed = seed
+        self.whitening = whitening
 
     def build(self, hp):
-        return build_candidate(hp, self.steps_per_epoch, self.max_epochs)
+        return build_candidate(hp, self.steps_per_epoch, self.max_epochs, self.whitening)
 
     def fit(self, hp, model, data, **kwargs):
         augment = build_augmentation(hp.get("preset"), seed=self.seed)
@@ -56,10 +60,11 @@ def search_third(data, max_epochs=10, budget_trials=6, directory="tuner", seed=0
     if budget_trials < 1 or max_epochs < 1:
         raise ValueError(f"budget_trials and max_epochs must be >= 1, got {budget_trials}, {max_epochs}")
     set_seed(seed)
-    batch_size = min(RECIPES["third_tuned"]["batch_size"], RECIPES["third_seed"]["batch_size"])
+    batch_size = min(RECIPES["third_tuned"]["batch_size"], RECIPES["third_original"]["batch_size"])
     steps = -(-len(data.x_train) // batch_size)
     tuner = keras_tuner.Hyperband(
-        ThirdModelHypermodel(steps, max_epochs, seed), objective="val_accuracy",
+        ThirdModelHypermodel(steps, max_epochs, seed, whitening_kernel(data.x_train)),
+        objective="val_accuracy",
         max_epochs=max_epochs, factor=3, hyperband_iterations=1, seed=seed,
         max_consecutive_failed_trials=2, directory=directory, project_name="third_model",
         overwrite=False, max_retries_per_trial=0)

@@ -12,7 +12,7 @@ IMAGES = np.random.default_rng(0).integers(0, 256, (6, 32, 32, 3)).astype(np.uin
 @pytest.mark.parametrize("build, expected", [
     (models.build_baseline, 1_870_052),
     (models.build_overfit, 1_299_364),
-    (models.build_third_seed, 643_492),
+    (models.build_third_original, 643_492),
 ])
 def test_original_models_have_the_original_parameter_counts(build, expected):
     assert build().count_params() == expected
@@ -46,7 +46,7 @@ def test_models_output_probabilities_from_raw_uint8_images():
     ("baseline", models.build_baseline),
     ("overfit", models.build_overfit),
     ("third", lambda: models.build_third("tuned")),
-    ("third_seed", lambda: models.build_third("seed")),
+    ("third_original", lambda: models.build_third("original")),
     ("vgg16", lambda: models.build_vgg16(weights=None)),
 ])
 def test_every_model_round_trips_under_safe_mode(tmp_path, name, build):
@@ -151,7 +151,7 @@ def test_resample_affine_compiles_with_xla():
     assert not models.build_augmentation("tuned").supports_jit  # TensorFlow's kernel: no XLA
 
 
-@pytest.mark.parametrize("kind", ["seed", "tuned"])
+@pytest.mark.parametrize("kind", ["original", "tuned"])
 def test_both_resamplers_give_the_same_augmentation(kind):
     images = IMAGES.astype("float32")
     kernel = models.build_augmentation(kind, seed=5)(images, training=True)
@@ -170,7 +170,7 @@ def test_seed_augmentation_draws_from_the_original_ranges():
     # at most 0.2 x 32 = 6.4 px and, over many draws, lands on both sides (shifts are symmetric).
     image = np.zeros((200, 32, 32, 3), "float32")
     image[:, 15:17, 15:17] = 255
-    augment = models.build_augmentation("seed", seed=3)
+    augment = models.build_augmentation("original", seed=3)
     out = np.asarray(augment(image, training=True))[..., 0]
     rows = np.array([np.unravel_index(np.argmax(o), o.shape)[0] for o in out])
     assert np.all(np.abs(rows - 15.5) <= 8)
@@ -180,7 +180,7 @@ def test_seed_augmentation_draws_from_the_original_ranges():
 
 def test_augmentations_keep_shape_and_unknown_names_fail():
     batch = IMAGES.astype("float32")
-    for kind in ("seed", "tuned"):
+    for kind in ("original", "tuned"):
         augmented = np.asarray(models.build_augmentation(kind)(batch, training=True))
         assert augmented.shape == batch.shape
         assert not np.allclose(augmented, batch)

@@ -59,7 +59,7 @@ def test_quick_run_executes_all_four_notebooks_without_errors(quick_run):
 
 @pytest.mark.slow
 def test_quick_run_produces_loadable_artifacts(quick_run):
-    for name in ("baseline", "overfit", "third", "third_seed", "vgg16"):
+    for name in ("baseline", "overfit", "third", "third_original", "vgg16"):
         model = artifacts.load_model(artifacts.model_path(name, quick_run / "models"))
         assert model.output_shape == (None, 100)
         assert (quick_run / "models" / os.path.basename(artifacts.history_path(name))).exists()

@@ -401,9 +401,9 @@ def test_p5_bad_training_data_is_refused_before_building(tmp_path):
 
 
 def test_p5_unknown_presets_and_empty_training_set(tmp_path):
-    with pytest.raises(ValueError, match=r"unknown third-model preset 'huge'; expected one of \('tuned', 'seed'\)"):
+    with pytest.raises(ValueError, match=r"unknown third-model preset 'huge'; expected one of \('tuned', 'original'\)"):
         models.build_third("huge")
-    with pytest.raises(ValueError, match="expected None, 'seed' or 'tuned'"):
+    with pytest.raises(ValueError, match=r"expected None or one of \['original', 'tuned', 'fast'\]"):
         models.build_augmentation("strong")
     empty = tf.data.Dataset.from_tensor_slices(
         (np.zeros((0, 32, 32, 3), np.uint8), np.zeros(0, np.int64))).batch(10)
@@ -533,7 +533,7 @@ _TRAIN_AND_HASH = textwrap.dedent("""
     from cifar100cnn import models, training
     with contextlib.redirect_stdout(io.StringIO()):
         model, history = training.train_image_model(
-            "third_seed", models.build_third_seed, tiny_dataset(), "third_seed",
+            "third_original", models.build_third_original, tiny_dataset(), "third_original",
             models_dir=tempfile.mkdtemp(), epochs=2, seed=0, verbose=0)
     digest = hashlib.sha256(b"".join(w.tobytes() for w in model.get_weights())).hexdigest()
     print("RESULT", json.dumps({{"sha": digest, "loss": history["loss"]}}))
@@ -553,8 +553,8 @@ def test_p7_same_seed_same_training_on_cpu(tmp_path):
         pytest.skip("bit-identical training is only promised on CPU (docs/TROUBLESHOOTING.md)")
     runs = []
     for index, seed in enumerate((0, 0, 1)):
-        model, history = quiet_train("third_seed", models.build_third_seed, tiny_dataset(),
-                                     "third_seed", models_dir=str(tmp_path / str(index)),
+        model, history = quiet_train("third_original", models.build_third_original, tiny_dataset(),
+                                     "third_original", models_dir=str(tmp_path / str(index)),
                                      epochs=2, seed=seed)
         history.pop("seconds")
         runs.append((model.get_weights(), history))

@@ -117,7 +117,7 @@ def test_tuner_search_stores_trials_ranked_by_validation_accuracy(tmp_path):
                                        directory=str(tmp_path / "tuner"), results_path=results_path,
                                        verbose=0)
     assert 1 <= len(trials) <= 2
-    assert best["preset"] in ("tuned", "seed")
+    assert best["preset"] in ("tuned", "original")
     scores = [trial["val_accuracy"] for trial in trials]
     assert scores == sorted(scores, reverse=True)
     with open(results_path) as handle:
@@ -159,7 +159,7 @@ def test_augmentation_inside_the_model_only_acts_in_training(policy):
     keras.mixed_precision.set_global_policy(policy)
     try:
         model = models.build_baseline()  # no dropout: training=True alone changes nothing
-        trainee = training.with_augmentation(model, models.build_augmentation("seed", seed=1))
+        trainee = training.with_augmentation(model, models.build_augmentation("original", seed=1))
     finally:
         keras.mixed_precision.set_global_policy("float32")
     assert trainee.trainable_weights == model.trainable_weights  # training it trains model
@@ -182,12 +182,12 @@ def test_augmented_model_compiles_with_xla():
 def test_training_with_augmentation_in_the_model_saves_the_plain_model(tmp_path):
     dataset = small_dataset(400, 20)
     model, history = training.train_image_model(
-        "third_seed", models.build_third_seed, dataset, "third_seed", str(tmp_path), epochs=2,
+        "third_original", models.build_third_original, dataset, "third_original", str(tmp_path), epochs=2,
         verbose=0, augment_on="model")
-    saved = artifacts.load_model(artifacts.model_path("third_seed", tmp_path))
+    saved = artifacts.load_model(artifacts.model_path("third_original", tmp_path))
     kinds = [type(layer).__name__ for layer in saved.layers]
-    assert kinds == [type(layer).__name__ for layer in models.build_third_seed().layers]
-    assert "RandomAffine" not in kinds and saved.name == "third_seed"
+    assert kinds == [type(layer).__name__ for layer in models.build_third_original().layers]
+    assert "RandomAffine" not in kinds and saved.name == "third_original"
     assert len(history["val_accuracy"]) == 2 and history["loss"][1] < history["loss"][0]
     # the saved weights are the trained model's (best validation epoch)
     val_accuracy = float((saved.predict(dataset.x_val, verbose=0).argmax(1) == dataset.y_val).mean())
