@@ -1,0 +1,176 @@
+"""The third model's recipes side by side: training seconds per epoch of the earlier ResNet-9
+recipe and the tuned one, in float32 and mixed_bfloat16, measured in one run on this machine;
+and the accuracy-versus-time curve built from those timings and the recorded training runs.
+
+    python benchmarks/recipes.py speed [--steps 6] [--rounds 2]   # about 6 minutes on 2 CPU cores
+    python benchmarks/recipes.py curve                            # figure + table, no training
+
+``speed`` trains each recipe for a few steps through the package's own input pipeline
+(augmentation in the parallel tf.data map, as on a CPU) on synthetic CIFAR-shaped data, with
+one warm-up fit before the timed one; the recipes take turns (A B A B) so that a shared CPU
+loads them alike. One epoch = 40,000 training images + a pass over 10,000 validation images.
+Results: docs/recipes/speed.json. ``curve`` reads it together with docs/recipes/runs.json
+(test accuracies of real CIFAR-100 runs, each with where it ran) and writes
+docs/recipes/accuracy_vs_time.png and docs/recipes/curve.md.
+"""
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO_ROOT)
+OUT_DIR = os.path.join(REPO_ROOT, "docs", "recipes")
+RECIPE_NAMES = ("third_resnet9", "third_tuned")
+PRECISIONS = ("float32", "mixed_bfloat16")
+N_TRAIN, N_VAL = 40_000, 10_000
+
+
+def cpu_name():
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
+        return next(line.split(":", 1)[1].strip() for line in out.splitlines()
+                    if line.startswith("Model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or "unknown CPU"
+
+
+def build(recipe_name, x_train):
+    from cifar100cnn import models
+
+    recipe = models.RECIPES[recipe_name]
+    if recipe_name == "third_resnet9":
+        return models.build_resnet9(recipe["width"], recipe["dropout"])
+    return models.build_third_tuned(recipe["widths"], models.whitening_kernel(x_train))
+
+
+def time_recipe(recipe_name, precision, x, y, steps):
+    """Seconds per training step and per validation image for one recipe and precision."""
+    import keras
+
+    from cifar100cnn import data, models
+    from cifar100cnn.optimization import compile_model
+
+    keras.mixed_precision.set_global_policy(precision)
+    recipe = models.RECIPES[recipe_name]
+    model = build(recipe_name, x)
+    augment = models.build_augmentation(recipe["augmentation"], seed=0)
+    train = data.make_pipeline(x, y, recipe["batch_size"], shuffle=True, augment=augment)
+    compile_model(model, recipe, steps, recipe["epochs"])
+    model.fit(train, steps_per_epoch=2, epochs=1, verbose=0)  # warm-up: tracing, oneDNN set-up
+    start = time.perf_counter()
+    model.fit(train, steps_per_epoch=steps, epochs=1, verbose=0)
+    step = (time.perf_counter() - start) / steps
+    val = data.make_pipeline(x[:2000], y[:2000], 500)
+    model.evaluate(val, verbose=0)
+    start = time.perf_counter()
+    model.evaluate(val, verbose=0)
+    per_val_image = (time.perf_counter() - start) / 2000
+    epoch = -(-N_TRAIN // recipe["batch_size"]) * step + N_VAL * per_val_image
+    return dict(step_seconds=step, val_image_seconds=per_val_image, epoch_seconds=epoch)
+
+
+def speed(args):
+    from cifar100cnn import data
+
+    synthetic = data.make_synthetic(4096, 16, seed=0)[0]
+    x, y = synthetic
+    samples = {(r, p): [] for r in RECIPE_NAMES for p in PRECISIONS}
+    for _ in range(args.rounds):
+        for precision in PRECISIONS:
+            for recipe_name in RECIPE_NAMES:
+                result = time_recipe(recipe_name, precision, x, y, args.steps)
+                samples[(recipe_name, precision)].append(result)
+                print(recipe_name, precision, {k: round(v, 4) for k, v in result.items()}, flush=True)
+    from cifar100cnn import models
+
+    rows = []
+    for (recipe_name, precision), results in samples.items():
+        epoch = statistics.median(r["epoch_seconds"] for r in results)
+        epochs = models.RECIPES[recipe_name]["epochs"]
+        rows.append(dict(recipe=recipe_name, precision=precision, epoch_seconds=epoch,
+                         epochs=epochs, training_minutes=epoch * epochs / 60,
+                         samples=[r["epoch_seconds"] for r in results]))
+    report = dict(cpu=cpu_name(), cores=os.cpu_count(), steps=args.steps, rounds=args.rounds,
+                  date=time.strftime("%Y-%m-%d"), command="python benchmarks/recipes.py speed",
+                  data="synthetic CIFAR-shaped images (speed does not depend on content)",
+                  rows=rows)
+    os.makedirs(OUT_DIR, exist_ok=True)
+    with open(os.path.join(OUT_DIR, "speed.json"), "w") as f:
+        json.dump(report, f, indent=1)
+    print(speed_table(report))
+
+
+def speed_table(report):
+    lines = [f"Training time per epoch (40,000 + 10,000 validation images), {report['cpu']}, "
+             f"{report['cores']} cores, {report['date']}, `{report['command']}`:", "",
+             "| recipe | precision | s / epoch | epochs | whole training |",
+             "|---|---|---:|---:|---:|"]
+    for row in report["rows"]:
+        lines.append(f"| {row['recipe']} | {row['precision']} | {row['epoch_seconds']:.0f} | "
+                     f"{row['epochs']} | {row['training_minutes']:.0f} min |")
+    return "\n".join(lines)
+
+
+def curve(args):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    with open(os.path.join(OUT_DIR, "speed.json")) as f:
+        report = json.load(f)
+    with open(os.path.join(OUT_DIR, "runs.json")) as f:
+        runs = json.load(f)["runs"]
+    epoch_seconds = {(r["recipe"], r["precision"]): r["epoch_seconds"] for r in report["rows"]}
+    precision = args.precision
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    styles = {"third_resnet9": ("tab:gray", "earlier recipe (ResNet-9, width 32)"),
+              "third_tuned": ("tab:blue", "tuned recipe (whitened CNN, 128-256-512)")}
+    lines = [f"Test top-1 on CIFAR-100 (a copy checked against the official release) against "
+             f"training minutes on {report['cpu']} ({report['cores']} cores, {precision}); "
+             f"minutes = epochs x the measured seconds per epoch (`python benchmarks/recipes.py "
+             f"speed`):", "", "| recipe | epochs | minutes | test top-1 | where the run was trained |",
+             "|---|---:|---:|---:|---|"]
+    for recipe_name, (color, label) in styles.items():
+        points = sorted((r for r in runs if r["recipe"] == recipe_name), key=lambda r: r["epochs"])
+        minutes = [r["epochs"] * epoch_seconds[(recipe_name, precision)] / 60 for r in points]
+        ax.plot(minutes, [r["test_top1"] for r in points], "o-", color=color, label=label)
+        for r, m in zip(points, minutes):
+            lines.append(f"| {recipe_name} | {r['epochs']} | {m:.0f} | {r['test_top1']:.4f} | {r['trained_on']} |")
+    today = next(r for r in runs if r["recipe"] == "third_resnet9" and r["epochs"] == 30)
+    ax.axhline(today["test_top1"], color="tab:gray", ls=":", lw=1)
+    ax.axvline(30 * epoch_seconds[("third_resnet9", precision)] / 60 / 3, color="tab:gray", ls="--", lw=1,
+               label="1/3 of the earlier recipe's time")
+    ax.set_xlabel(f"training minutes on {report['cores']} CPU cores ({precision}, projected from measured s/epoch)")
+    ax.set_ylabel("test top-1 (CIFAR-100)")
+    ax.set_title("Third model: accuracy versus training time")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    fig.savefig(os.path.join(OUT_DIR, "accuracy_vs_time.png"), dpi=120)
+    with open(os.path.join(OUT_DIR, "curve.md"), "w") as f:
+        f.write(speed_table(report) + "\n\n" + "\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description="The third model's recipes side by side.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    s = commands.add_parser("speed", help="time both recipes in both precisions")
+    s.add_argument("--steps", type=int, default=6, help="timed training steps per measurement")
+    s.add_argument("--rounds", type=int, default=2, help="measurements per recipe and precision")
+    c = commands.add_parser("curve", help="accuracy-versus-time figure and table")
+    c.add_argument("--precision", default="mixed_bfloat16", choices=PRECISIONS)
+    args = parser.parse_args(argv)
+    return speed(args) if args.command == "speed" else curve(args)
+
+
+if __name__ == "__main__":
+    main()
