@@ -76,12 +76,27 @@ def notebook_parameters(args):
     }
 
 
+def failed_folder(output_dir):
+    """Where papermill writes a notebook while it runs, and where the copy stays when the run
+    fails or is interrupted: never ``executed/``, whose copies are the record of the last
+    successful run (committed for the CIFAR-100 run). ``runs/failed`` for the repository
+    (git ignores ``runs/``), ``<output_dir>/failed`` for any other output folder."""
+    output_dir = os.path.abspath(output_dir)
+    if output_dir == os.path.abspath(REPO_ROOT):
+        return os.path.join(output_dir, "runs", "failed")
+    return os.path.join(output_dir, "failed")
+
+
 def run_notebooks(args):
     import papermill
 
+    from .artifacts import replace_with_copy
+
     parameters = notebook_parameters(args)
     executed_dir = os.path.join(parameters["output_dir"], "executed")
+    unfinished_dir = failed_folder(parameters["output_dir"])
     os.makedirs(executed_dir, exist_ok=True)
+    os.makedirs(unfinished_dir, exist_ok=True)
     timings = []
     for name in args.notebooks:
         source = os.path.join(REPO_ROOT, name)
@@ -91,17 +106,26 @@ def run_notebooks(args):
         print(f"\n=== {name} ===", flush=True)
         started = time.time()
         declared = papermill.inspect_notebook(source)
+        running = os.path.join(unfinished_dir, name)
+        final = os.path.join(executed_dir, name)
+        kept = f"{final} was left as it was." if os.path.exists(final) else ""
         try:
-            papermill.execute_notebook(source, os.path.join(executed_dir, name),
+            papermill.execute_notebook(source, running,
                                        parameters={key: value for key, value in parameters.items()
                                                    if key in declared},
                                        cwd=REPO_ROOT,
                                        kernel_name="python3", progress_bar=True)
         except papermill.PapermillExecutionError as error:
             print(f"\n{name} failed in cell {error.exec_count}: {error.ename}: {error.evalue}\n"
-                  f"The executed copy with the full traceback: {os.path.join(executed_dir, name)}",
+                  f"The failed copy with the full traceback: {running}\n{kept}",
                   file=sys.stderr)
             return 1
+        except BaseException:  # interrupted (Ctrl-C), kernel died, papermill's own errors
+            print(f"\n{name} did not finish; its partial copy: {running}\n{kept}", file=sys.stderr)
+            raise
+        # Only a notebook that ran to the end replaces the previous executed copy, atomically.
+        replace_with_copy(running, final)
+        os.remove(running)
         timings.append((name, time.time() - started))
     for name, seconds in timings:
         print(f"{name}: {seconds:.0f} s")

@@ -1,7 +1,8 @@
 """Saving and loading of models, arrays and histories: atomic writes, safe reads.
 
-Every write goes to a temporary file in the target folder and is renamed into place, so an
-interruption never leaves a truncated file under the final name. Every model read goes
+Every write goes to a temporary file in the target folder, is flushed to disk (fsync) and
+renamed into place, so an interruption or a power cut never leaves a truncated file under the
+final name. Every model read goes
 through ``load_model``, which keeps Keras' ``safe_mode`` on and checks the model's shape.
 """
 
@@ -86,10 +87,45 @@ def atomic_path(path):
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)
+        fsync_file(tmp)  # the data is on disk before the new name points at it
         os.replace(tmp, path)
+        fsync_folder(folder)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def fsync_file(path):
+    """Flush ``path``'s contents to disk (whoever wrote it, through whatever handle)."""
+    descriptor = os.open(path, os.O_RDWR | getattr(os, "O_BINARY", 0))
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
+def fsync_folder(folder):
+    """Flush a folder's entries (a rename) to disk where the system allows it (POSIX)."""
+    try:
+        descriptor = os.open(folder, os.O_RDONLY)
+    except OSError:  # Windows cannot open folders; its renames need no such flush
+        return
+    try:
+        os.fsync(descriptor)
+    except OSError:
+        pass
+    finally:
+        os.close(descriptor)
+
+
+def replace_with_copy(source, path):
+    """Copy ``source`` onto ``path`` atomically (temporary file beside ``path``, fsync, rename):
+    ``path`` holds either its previous content or all of ``source``, never a part."""
+    import shutil
+
+    with atomic_path(path) as tmp:
+        shutil.copyfile(source, tmp)
+    return path
 
 
 def export_copy(model):

@@ -6,6 +6,12 @@ channel-major: 1024 red, 1024 green, 1024 blue values of a 32x32 image), ``b'fin
 ``b'coarse_labels'``, ``b'filenames'`` and ``b'batch_label'``; ``meta`` holds
 ``b'fine_label_names'`` and ``b'coarse_label_names'``.
 
+The official members are Python 2 pickles (protocol 2, written by cPickle with NumPy 1.x):
+bytes are Python 2 ``str`` (BINSTRING opcodes) and the image array is rebuilt by the global
+``numpy.core.multiarray._reconstruct``. ``layout="python2"`` (the default) writes exactly that
+layout; ``layout="python3"`` writes what today's Python and NumPy write (protocol 4, the global
+``numpy._core.multiarray._reconstruct``), as in a re-pickled copy of the dataset.
+
 Good archive::
 
     arrays = write_fake_archive(tmp_path / "cifar-100-python.tar.gz", n_train=50, n_test=20)
@@ -36,10 +42,28 @@ COARSE_NAMES = [f"coarse{i:02d}" for i in range(20)]
 # Content
 # ---------------------------------------------------------------------------
 
+class _Global:
+    """Stands for a global (function or class) named ``module.name``; pickled as the GLOBAL
+    opcode ``c<module>\\n<name>\\n``, whatever today's object of that name is called."""
+
+    def __init__(self, module, name):
+        self.module, self.name = module, name
+
+    def __call__(self, *args):  # pickle insists that a reduce function is callable
+        raise TypeError("a stand-in, never called")
+
+
 class _Python2Pickler(pickle._Pickler):
-    """Pickles ``bytes`` as Python 2 ``str`` (BINSTRING opcodes), as the official archive,
-    written by Python 2's cPickle, does. (Python 3's protocol 2 would instead wrap every bytes
-    object in a call to ``_codecs.encode``, which the real archive never contains.)"""
+    """Pickles as Python 2's cPickle with NumPy 1.x wrote the official CIFAR-100 batches:
+
+    * ``bytes`` as Python 2 ``str`` (BINSTRING opcodes). (Python 3's protocol 2 would instead
+      wrap every bytes object in a call to ``_codecs.encode``, which the real archive never
+      contains.)
+    * uint8 arrays as ``numpy.core.multiarray._reconstruct(numpy.ndarray, (0,), 'b')`` with the
+      state ``(1, shape, dtype, False, raw bytes)``, the dtype as ``numpy.dtype('u1', 0, 1)``
+      with the state ``(3, '|', None, None, None, -1, -1, 0)``: NumPy 2 would name
+      ``numpy._core.multiarray`` instead.
+    """
 
     dispatch = pickle._Pickler.dispatch.copy()
 
@@ -50,14 +74,38 @@ class _Python2Pickler(pickle._Pickler):
             self.write(pickle.BINSTRING + struct.pack("<i", len(obj)) + obj)
         self.memoize(obj)
 
+    def save_named_global(self, obj):
+        self.write(pickle.GLOBAL + f"{obj.module}\n{obj.name}\n".encode("ascii"))
+        self.memoize(obj)
+
     dispatch[bytes] = save_python2_str
+    dispatch[_Global] = save_named_global
+
+    def reducer_override(self, obj):
+        if isinstance(obj, np.ndarray):
+            if obj.dtype != np.uint8:
+                raise TypeError(f"only uint8 arrays are written in the official layout, not {obj.dtype}")
+            return (_Global("numpy.core.multiarray", "_reconstruct"),
+                    (_Global("numpy", "ndarray"), (0,), b"b"),
+                    (1, tuple(int(n) for n in obj.shape), obj.dtype, False,
+                     np.ascontiguousarray(obj).tobytes()))
+        if isinstance(obj, np.dtype):
+            return (_Global("numpy", "dtype"), (b"u1", 0, 1),
+                    (3, b"|", None, None, None, -1, -1, 0))
+        return NotImplemented
 
 
 def dumps_like_python2(obj):
-    """``obj`` pickled with protocol 2 the way Python 2 wrote the CIFAR-100 batches."""
+    """``obj`` pickled with protocol 2 the way Python 2 wrote the official CIFAR-100 batches."""
     buffer = io.BytesIO()
     _Python2Pickler(buffer, protocol=2).dump(obj)
     return buffer.getvalue()
+
+
+LAYOUTS = {
+    "python2": dumps_like_python2,                                 # the official archive
+    "python3": lambda obj: pickle.dumps(obj, protocol=4),         # a re-pickled copy
+}
 
 
 def make_arrays(n_train=50, n_test=20, seed=0):
@@ -93,14 +141,16 @@ def meta_dict():
             b"coarse_label_names": [n.encode() for n in COARSE_NAMES]}
 
 
-def archive_members(arrays):
-    """{member name: bytes} for a well-formed archive of ``arrays``."""
+def archive_members(arrays, layout="python2"):
+    """{member name: bytes} for a well-formed archive of ``arrays``, pickled in ``layout``
+    ("python2": as the official archive; "python3": as today's Python and NumPy write)."""
+    dumps = LAYOUTS[layout]
     members = {}
     for split in ("train", "test"):
         batch = batch_dict(arrays[f"x_{split}"], arrays[f"{split}_fine_labels"],
                            arrays[f"{split}_coarse_labels"], split)
-        members[f"{FOLDER}/{split}"] = dumps_like_python2(batch)
-    members[f"{FOLDER}/meta"] = dumps_like_python2(meta_dict())
+        members[f"{FOLDER}/{split}"] = dumps(batch)
+    members[f"{FOLDER}/meta"] = dumps(meta_dict())
     return members
 
 
@@ -127,14 +177,15 @@ def write_tar(path, members, extra=()):
 # A good archive
 # ---------------------------------------------------------------------------
 
-def write_fake_archive(path, n_train=50, n_test=20, seed=0):
+def write_fake_archive(path, n_train=50, n_test=20, seed=0, layout="python2"):
     """Write a valid CIFAR-100-format archive; return the arrays it holds
     (``x_train``, ``x_test`` uint8 (N, 32, 32, 3); ``{train,test}_{fine,coarse}_labels`` int64).
 
+    ``layout`` "python2" pickles as the official archive, "python3" as today's Python/NumPy.
     Its sha256 is of course not the official one: read it with ``verify=False``.
     """
     arrays = make_arrays(n_train, n_test, seed)
-    write_tar(path, archive_members(arrays))
+    write_tar(path, archive_members(arrays, layout))
     return arrays
 
 
@@ -208,7 +259,7 @@ def write_missing_member_archive(path, missing="test", n_train=10, n_test=5, see
     return write_tar(path, members)
 
 
-class _RunsCode:
+class RunsCode:
     """Unpickling this calls ``os.system(command)``: what a malicious pickle does."""
 
     def __init__(self, command):
@@ -226,7 +277,7 @@ def write_code_execution_archive(path, marker, n_train=10, n_test=5, seed=0):
     members = archive_members(arrays)
     batch = batch_dict(arrays["x_train"], arrays["train_fine_labels"],
                        arrays["train_coarse_labels"], "train")
-    batch[b"batch_label"] = _RunsCode(f"touch '{marker}'")
+    batch[b"batch_label"] = RunsCode(f"touch '{marker}'")
     members[f"{FOLDER}/train"] = dumps_like_python2(batch)
     return write_tar(path, members)
 
@@ -236,16 +287,6 @@ def write_not_a_tar(path, payload=b"<html>404 Not Found</html>\n"):
     with open(path, "wb") as handle:
         handle.write(payload)
     return os.fspath(path)
-
-
-def tree(folder):
-    """{relative path: size} of every file and folder under ``folder`` (for before/after checks)."""
-    found = {}
-    for root, dirs, files in os.walk(folder):
-        for name in dirs + files:
-            full = os.path.join(root, name)
-            found[os.path.relpath(full, folder)] = os.path.getsize(full) if name in files else -1
-    return found
 
 
 if __name__ == "__main__":  # python tests/fake_cifar.py OUT.tar.gz [n_train n_test]

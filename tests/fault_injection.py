@@ -5,7 +5,8 @@ Run it on its own (a few tens of seconds on a laptop CPU)::
     python tests/fault_injection.py            # all scenarios, prints a report, exit 1 on failure
     python tests/fault_injection.py --epochs 4 --workdir /tmp/fi --keep
 
-or from the test suite (tests/test_reliability_faults.py calls ``run_all``).
+or from the test suite (tests/test_reliability.py calls ``hard_kill_training`` and
+``kill_during_model_save``, and runs this script with ``--only array-save``).
 
 Scenarios
 ---------
@@ -13,9 +14,13 @@ training
     A reference run trains a baseline model for ``epochs`` epochs on tiny synthetic data
     without interruption. A second run (in a fresh models folder) is slowed down per batch
     and SIGKILLed in the middle of an epoch after at least one epoch was completed; it is
-    then run again with the same arguments. The rerun must resume at the first epoch not
-    completed, finish with a history of ``epochs`` epochs (as the reference) and leave a
-    model that ``artifacts.load_model`` accepts.
+    then run again with the same arguments. At the kill, the epoch log holds the completed
+    epochs and the best-weights file the weights of the best of them (its validation accuracy
+    is recomputed). The rerun must resume at the first epoch not completed, keep the logged
+    values of the completed epochs unchanged in the final history, finish with a history of
+    ``epochs`` epochs (as the reference) and leave a model that ``artifacts.load_model``
+    accepts; when the best epoch was one completed before the kill, the final model holds
+    exactly the best weights saved before the kill.
 array-save / model-save
     A process is SIGKILLed while ``artifacts.save_array`` / ``artifacts.save_model`` is
     writing (the writer is made to stop half-way). The final file name must hold either
@@ -61,9 +66,20 @@ def check(condition, message):
 # Children (run in their own process, possibly killed)
 # ---------------------------------------------------------------------------
 
+def tiny_data(seed):
+    """The synthetic data every training child uses (240 training, 60 validation images)."""
+    from cifar100cnn import data
+
+    (x, y), (x_test, y_test) = data.make_synthetic(N_TRAIN, N_TEST, seed=seed)
+    (x_train, y_train), (x_val, y_val) = data.split_train_val(x, y)
+    return data.Dataset(x_train, y_train, x_val, y_val, x_test, y_test,
+                        data.SYNTHETIC_FINE_NAMES, data.SYNTHETIC_COARSE_NAMES,
+                        data.SYNTHETIC_FINE_TO_COARSE, "synthetic (fault injection)")
+
+
 def child_train(models_dir, epochs, batch_delay, seed):
     """Train the baseline model; print EPOCH_BEGIN/BATCH/EPOCH_END lines as it goes."""
-    from cifar100cnn import data, models, training
+    from cifar100cnn import models, training
 
     original_begin, original_end = training.EpochLog.on_epoch_begin, training.EpochLog.on_epoch_end
 
@@ -85,11 +101,7 @@ def child_train(models_dir, epochs, batch_delay, seed):
     training.EpochLog.on_epoch_end = on_epoch_end
     training.EpochLog.on_train_batch_end = on_train_batch_end
 
-    (x, y), (x_test, y_test) = data.make_synthetic(N_TRAIN, N_TEST, seed=seed)
-    (x_train, y_train), (x_val, y_val) = data.split_train_val(x, y)
-    dataset = data.Dataset(x_train, y_train, x_val, y_val, x_test, y_test,
-                           data.SYNTHETIC_FINE_NAMES, data.SYNTHETIC_COARSE_NAMES,
-                           data.SYNTHETIC_FINE_TO_COARSE, "synthetic (fault injection)")
+    dataset = tiny_data(seed)
     _, history = training.train_image_model(MODEL_NAME, models.build_baseline, dataset, "baseline",
                                             models_dir=models_dir, epochs=epochs, seed=seed,
                                             verbose=0)
@@ -213,8 +225,23 @@ def _temp_leftovers(folder, final_name):
                   if name != final_name and name.startswith(f".{stem}.") and ".tmp" in name)
 
 
+def _best_weights_at_kill(path, seed):
+    """The weights in the best-weights file, and their accuracy on the validation images."""
+    import numpy as np
+
+    from cifar100cnn import models
+
+    model = models.build_baseline()
+    model.load_weights(path)
+    dataset = tiny_data(seed)
+    predicted = np.asarray(model(dataset.x_val, training=False)).argmax(axis=1)
+    return model.get_weights(), float((predicted == dataset.y_val).mean())
+
+
 def hard_kill_training(workdir, epochs=4, seed=0, batch_delay=BATCH_DELAY):
     """SIGKILL a training run mid-epoch, rerun it, compare with an uninterrupted run."""
+    import numpy as np
+
     from cifar100cnn import artifacts
 
     check(epochs >= 3, "use at least 3 epochs so that the kill lands before the last one")
@@ -239,12 +266,20 @@ def hard_kill_training(workdir, epochs=4, seed=0, batch_delay=BATCH_DELAY):
     check(not os.path.exists(artifacts.model_path(MODEL_NAME, killed_dir)),
           "a final model file exists although training was killed")
     with open(os.path.join(work_dir, "epochs.json")) as handle:
-        logged = sorted(int(key) for key in json.load(handle))
+        log_at_kill = json.load(handle)
+    logged = sorted(int(key) for key in log_at_kill)
     with open(os.path.join(work_dir, "backup", "training_metadata.json")) as handle:
         backup_epoch = json.load(handle)["epoch"]
     check(logged == completed, f"epoch log {logged} != completed epochs {completed} at the kill")
     check(backup_epoch == len(completed),
           f"the backup resumes at epoch {backup_epoch}, expected {len(completed)}")
+    best_file = os.path.join(work_dir, "best.weights.h5")
+    check(os.path.isfile(best_file), "no best-weights file although epochs were completed")
+    best_at_kill, best_accuracy = _best_weights_at_kill(best_file, seed)
+    logged_best = max(log_at_kill[str(epoch)]["val_accuracy"] for epoch in completed)
+    check(abs(best_accuracy - logged_best) < 1e-6,
+          f"the best-weights file scores {best_accuracy} on the validation images; the best "
+          f"completed epoch logged {logged_best}")
 
     rerun = Child("train", killed_dir, epochs, 0, seed).finish()
     reference_lines = reference.finish()
@@ -266,12 +301,22 @@ def hard_kill_training(workdir, epochs=4, seed=0, batch_delay=BATCH_DELAY):
     check(set(history) == set(reference_history),
           f"history keys {sorted(history)} != reference {sorted(reference_history)}")
     check(len(reference_history["loss"]) == epochs, "the reference run has the wrong length")
+    for epoch in completed:  # what was finished before the kill is kept as it was
+        kept = {key: values[epoch] for key, values in history.items()}
+        check(kept == log_at_kill[str(epoch)],
+              f"epoch {epoch} changed after the rerun: {kept} != {log_at_kill[str(epoch)]}")
     model = artifacts.load_model(artifacts.model_path(MODEL_NAME, killed_dir))
+    best_epoch = int(np.argmax(history["val_accuracy"]))  # the first of the best: BestWeights
+    if best_epoch in completed:                           # saves strict improvements only
+        check(all(np.array_equal(a, b) for a, b in zip(model.get_weights(), best_at_kill)),
+              f"the best epoch ({best_epoch}) finished before the kill, but the final model "
+              "does not hold the best weights saved then")
     leftovers = sorted(os.listdir(work_dir)) if os.path.isdir(work_dir) else []
     check(not any(name in leftovers for name in ("epochs.json", "best.weights.h5", "backup")),
           f"the work folder still holds {leftovers} after the run finished")
     return {"epochs": epochs, "completed_before_kill": len(completed),
             "killed_in_epoch": begun[-1], "rerun_epochs": rerun_begun,
+            "best_epoch": best_epoch, "best_weights_at_kill_accuracy": best_accuracy,
             "history_length": len(history["loss"]),
             "reference_length": len(reference_history["loss"]),
             "model_params": model.count_params()}

@@ -78,6 +78,51 @@ def test_ece_zero_when_perfectly_calibrated():
     assert evaluation.expected_calibration_error(np.arange(10), proba) == pytest.approx(0.0, abs=1e-6)
 
 
+def _hand_made_case():
+    """Five test images of CIFAR-100 with chosen top predictions (the rest of each row's
+    probability spread thinly over the other classes):
+
+    image  true            predicted (probability)              top-5  superclass (CIFAR / fine // 5)
+      0    0 apple         0 apple .62                          yes    right / right
+      1    0 apple         57 pear .52, 0 apple .30             yes    right (fruit) / wrong (0 vs 11)
+      2    3 bear          1 aquarium_fish .72, 10, 20, 30, 40  no     wrong / right (0 vs 0)
+      3    57 pear         57 pear .92                          yes    right / right
+      4    1 aquarium_fish 0 apple .42, 1 aquarium_fish .35     yes    wrong / right (0 vs 0)
+    """
+    top = [{0: 0.62}, {57: 0.52, 0: 0.30}, {1: 0.72, 10: 0.10, 20: 0.08, 30: 0.05, 40: 0.03},
+           {57: 0.92}, {0: 0.42, 1: 0.35}]
+    proba = np.zeros((5, 100), np.float32)
+    for row, chosen in zip(proba, top):
+        rest = [c for c in range(100) if c not in chosen]
+        row[rest] = (1 - sum(chosen.values())) / len(rest)
+        row[list(chosen)] = list(chosen.values())
+    return np.array([0, 0, 3, 57, 1]), proba
+
+
+def test_every_column_of_a_results_row_on_a_hand_made_case():
+    y_true, proba = _hand_made_case()
+    row = evaluation.evaluate("baseline", y_true, proba, data.FINE_TO_COARSE, params=1234,
+                              images_per_s=56.5)
+    # macro-F1 over all 100 classes (absent ones count 0): class 0 has 1 right, 1 false
+    # alarm (image 4), 1 miss (image 1): F1 = 2/(2+1+1) = 1/2; class 57: 1 right, 1 false
+    # alarm (image 1): 2/3; classes 1 and 3: 0. Micro-F1 would be the accuracy, 0.4.
+    # ECE: every image in a bin of its own (15 bins), so the mean of |right - confidence|.
+    expected = {
+        "model": "baseline",
+        "top1": 2 / 5,
+        "top5": 4 / 5,
+        "superclass_acc": 3 / 5,  # the fine // 5 grouping of the synthetic data would give 4/5
+        "macro_f1": (1 / 2 + 2 / 3) / 100,
+        "ece": (0.38 + 0.52 + 0.72 + 0.08 + 0.42) / 5,
+        "params": 1234,
+        "images_per_s": 56.5,
+        "n_test": 5,
+        "original_reported_top1": 0.2992,
+    }
+    assert row == pytest.approx(expected, abs=1e-6)
+    assert set(row) <= set(evaluation.RESULT_COLUMNS)
+
+
 def test_evaluate_row_and_csv(tmp_path, random_predictions):
     y_true, proba = random_predictions
     row = evaluation.evaluate("baseline", y_true, proba, data.FINE_TO_COARSE, params=10, images_per_s=5.0)
@@ -103,6 +148,7 @@ def test_label_names_follow_the_parameters():
     assert fine[0].startswith("syn") and len(coarse) == 20 and f2c[99] == 19
     fine, coarse, f2c = evaluation.label_names("cifar100", quick=False)
     assert fine[0] == "apple" and coarse[0] == "aquatic_mammals"
+    np.testing.assert_array_equal(f2c, data.FINE_TO_COARSE)
     assert evaluation.label_names("synthetic")[0][0].startswith("syn")
 
 

@@ -66,9 +66,15 @@ def test_quick_run_produces_loadable_artifacts(quick_run):
     x_test, y_test = artifacts.load_test_arrays(quick_run / "arrays")
     assert x_test.dtype == np.uint8 and x_test.shape == (500, 32, 32, 3)
     assert (quick_run / "models" / "results.csv").exists()
+    # What the figures show is tested on the plotting functions (test_visualization.py); here:
+    # each one was written by the notebook, is a PNG, and is not blank.
+    import matplotlib.image
+
     for figure in ("history_baseline.png", "history_overfit.png", "history_third.png",
                    "history_vgg16.png", "examples.png"):
-        assert (quick_run / "figures" / figure).stat().st_size > 5000, figure
+        pixels = matplotlib.image.imread(quick_run / "figures" / figure)
+        assert pixels.ndim == 3 and min(pixels.shape[:2]) > 100, figure
+        assert pixels[..., :3].std() > 0.01, figure
 
 
 @pytest.mark.slow
@@ -107,3 +113,123 @@ def test_vgg16_options_reach_the_training_notebook():
     assert parameters["vgg16_finetune"] is True and parameters["vgg16_input_size"] == 96
     declared = papermill.inspect_notebook(os.path.join(REPO_ROOT, "TrainingModels.ipynb"))
     assert {"vgg16_finetune", "vgg16_input_size"} <= set(declared)
+
+
+# ---------------------------------------------------------------------------
+# A failed or interrupted run never changes the executed copies of the last good run
+# ---------------------------------------------------------------------------
+
+def _tiny_notebook(path, code):
+    import nbformat
+
+    notebook = nbformat.v4.new_notebook()
+    notebook.cells = [nbformat.v4.new_code_cell("x = 1", metadata={"tags": ["parameters"]}),
+                      nbformat.v4.new_code_cell(code)]
+    notebook.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3",
+                                       "language": "python"}
+    nbformat.write(notebook, str(path))
+
+
+@pytest.fixture
+def fake_repo(tmp_path, monkeypatch):
+    """A repository holding Tiny.ipynb, whose output folder already holds an executed copy of
+    it (the committed record of an earlier, successful run)."""
+    from cifar100cnn import __main__ as cli
+
+    repo, out = tmp_path / "repo", tmp_path / "out"
+    repo.mkdir()
+    _tiny_notebook(repo / "Tiny.ipynb", "print('done')")
+    shipped = out / "executed" / "Tiny.ipynb"
+    shipped.parent.mkdir(parents=True)
+    shipped.write_bytes(b'{"record": "of the last successful run"}\n')
+    monkeypatch.setattr(cli, "REPO_ROOT", str(repo))
+    # A run may set variables for its kernels (kernel_environment): undo them afterwards.
+    for key in ("TQDM_DISABLE", "PYTHONWARNINGS", "TF_CPP_MIN_LOG_LEVEL", "PYTHONPATH"):
+        if key in os.environ:
+            monkeypatch.setenv(key, os.environ[key])
+        else:
+            monkeypatch.delenv(key, raising=False)
+    return cli, repo, out, shipped
+
+
+def _fake_papermill(monkeypatch, outcome):
+    """papermill.execute_notebook writes part of a notebook to its output path, then ends
+    with ``outcome`` (an exception to raise, or None to finish)."""
+    import papermill
+
+    outputs = []
+
+    def execute_notebook(source, output, **kwargs):
+        outputs.append(output)
+        with open(output, "w") as handle:
+            handle.write('{"cells": "as far as the run got"}\n')
+        if outcome is not None:
+            raise outcome
+
+    monkeypatch.setattr(papermill, "inspect_notebook", lambda path: {"x": {}})
+    monkeypatch.setattr(papermill, "execute_notebook", execute_notebook)
+    return outputs
+
+
+def test_failed_notebook_leaves_the_executed_copy_untouched_and_says_where_it_went(
+        fake_repo, monkeypatch, capsys):
+    import papermill
+
+    cli, _, out, shipped = fake_repo
+    before = shipped.read_bytes()
+    failure = papermill.PapermillExecutionError(
+        cell_index=1, exec_count=2, source="load()", ename="DatasetError",
+        evalue="Could not download CIFAR-100", traceback=[])
+    outputs = _fake_papermill(monkeypatch, failure)
+    assert cli.main(["run", "--out", str(out), "--notebooks", "Tiny.ipynb"]) == 1
+    assert shipped.read_bytes() == before
+    failed = out / "failed" / "Tiny.ipynb"
+    assert outputs == [str(failed)] and failed.read_text() == '{"cells": "as far as the run got"}\n'
+    message = capsys.readouterr().err
+    assert "DatasetError: Could not download CIFAR-100" in message
+    assert str(failed) in message and f"{shipped} was left as it was" in message
+    assert os.listdir(shipped.parent) == ["Tiny.ipynb"]  # no temporary files either
+
+
+def test_interrupted_notebook_leaves_the_executed_copy_untouched(fake_repo, monkeypatch, capsys):
+    cli, _, out, shipped = fake_repo
+    before = shipped.read_bytes()
+    _fake_papermill(monkeypatch, KeyboardInterrupt())
+    with pytest.raises(KeyboardInterrupt):
+        cli.main(["run", "--out", str(out), "--notebooks", "Tiny.ipynb"])
+    assert shipped.read_bytes() == before
+    assert str(out / "failed" / "Tiny.ipynb") in capsys.readouterr().err
+
+
+def test_successful_notebook_replaces_the_executed_copy(fake_repo, monkeypatch):
+    cli, _, out, shipped = fake_repo
+    outputs = _fake_papermill(monkeypatch, None)
+    assert cli.main(["run", "--out", str(out), "--notebooks", "Tiny.ipynb"]) == 0
+    assert shipped.read_text() == '{"cells": "as far as the run got"}\n'
+    assert os.listdir(shipped.parent) == ["Tiny.ipynb"]
+    assert not os.path.exists(outputs[0])  # moved, not copied
+
+
+def test_failed_copies_of_the_repository_run_go_where_git_ignores_them():
+    from cifar100cnn.__main__ import REPO_ROOT, failed_folder
+
+    folder = failed_folder(REPO_ROOT)
+    assert folder == os.path.join(REPO_ROOT, "runs", "failed")
+    result = subprocess.run(["git", "check-ignore", "-q", os.path.join(folder, "Tiny.ipynb")],
+                            cwd=REPO_ROOT, capture_output=True)
+    if result.returncode == 128:
+        pytest.skip("not a git checkout")
+    assert result.returncode == 0, "runs/failed/ is not ignored by git"
+
+
+@pytest.mark.slow
+def test_a_notebook_that_fails_for_real_keeps_the_previous_executed_copy(fake_repo, capsys):
+    """The same with papermill and a kernel for real: the second cell raises."""
+    cli, repo, out, shipped = fake_repo
+    _tiny_notebook(repo / "Tiny.ipynb", "raise RuntimeError('no internet here')")
+    before = shipped.read_bytes()
+    assert cli.main(["run", "--out", str(out), "--notebooks", "Tiny.ipynb"]) == 1
+    assert shipped.read_bytes() == before
+    failed = out / "failed" / "Tiny.ipynb"
+    assert errors_in(failed)[0]["evalue"] == "no internet here"
+    assert str(failed) in capsys.readouterr().err

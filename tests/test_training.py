@@ -18,20 +18,6 @@ def test_as_history_orders_epochs_numerically():
     assert training.as_history(log) == {"loss": [0.9, 0.5, 0.1], "accuracy": [0.3, None, None]}
 
 
-@pytest.mark.parametrize("epochs", [0, -3, 2.5, "10"])
-def test_bad_epochs_are_refused_before_training(tmp_path, epochs):
-    with pytest.raises(ValueError, match="epochs"):
-        training.train_image_model("baseline", models.build_baseline, small_dataset(200, 10),
-                                   "baseline", str(tmp_path), epochs=epochs)
-    assert not os.path.exists(artifacts.model_path("baseline", tmp_path))
-
-
-def test_unknown_recipe_is_refused(tmp_path):
-    with pytest.raises(ValueError, match="unknown recipe"):
-        training.train_image_model("baseline", models.build_baseline, small_dataset(200, 10),
-                                   "fastest", str(tmp_path))
-
-
 @pytest.mark.slow
 def test_a_cnn_learns_the_synthetic_data_far_above_chance(tmp_path):
     dataset = small_dataset(6000, 1000, seed=1)
@@ -44,26 +30,6 @@ def test_a_cnn_learns_the_synthetic_data_far_above_chance(tmp_path):
     saved = artifacts.load_model(artifacts.model_path("overfit", tmp_path))
     val_accuracy = float((saved.predict(dataset.x_val, verbose=0).argmax(1) == dataset.y_val).mean())
     assert val_accuracy == pytest.approx(max(history["val_accuracy"]), abs=1e-6)
-
-
-@pytest.mark.slow
-def test_existing_model_is_reused_unless_retrain(tmp_path, capsys):
-    dataset = small_dataset(300, 50)
-    folder = str(tmp_path)
-    training.train_image_model("baseline", models.build_baseline, dataset, "baseline", folder,
-                               epochs=2, verbose=0)
-    path = artifacts.model_path("baseline", folder)
-    stamp = os.stat(path).st_mtime_ns
-    _, history = training.train_image_model("baseline", models.build_baseline, dataset,
-                                            "baseline", folder, epochs=2, verbose=0)
-    assert "Reusing" in capsys.readouterr().out
-    assert os.stat(path).st_mtime_ns == stamp and len(history["loss"]) == 2
-    training.train_image_model("baseline", models.build_baseline, dataset, "baseline", folder,
-                               epochs=1, retrain=True, verbose=0)
-    assert os.stat(path).st_mtime_ns != stamp
-    with open(artifacts.history_path("baseline", folder)) as handle:
-        assert len(json.load(handle)["loss"]) == 1
-    assert not os.path.exists(os.path.join(folder, "checkpoints", "baseline", "backup"))
 
 
 @pytest.mark.slow
@@ -143,13 +109,6 @@ def test_augmentation_goes_either_to_the_pipeline_or_to_the_model():
     assert trainee.layers[1].xla and trainee.layers[2] is model
     assert training.pipeline_augmentation(None, 0, "pipeline") is None
     assert training.model_to_train(model, None, 0, "model") is model
-
-
-def test_augment_on_with_a_bad_value_is_refused_before_training(tmp_path):
-    with pytest.raises(ValueError, match="augment_on"):
-        training.train_image_model("baseline", models.build_baseline, small_dataset(200, 10),
-                                   "baseline", str(tmp_path), augment_on="gpu")
-    assert not os.path.exists(tmp_path / "checkpoints")
 
 
 @pytest.mark.parametrize("policy", ["float32", "mixed_float16"])
