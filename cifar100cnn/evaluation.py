@@ -16,7 +16,7 @@ from . import artifacts, data
 ORIGINAL_REPORTED = {"baseline": 0.2992, "overfit": 0.3444, "third": 0.2992,
                      "third_original": 0.2992, "vgg16": 0.3253}
 RESULT_COLUMNS = ("model", "top1", "top5", "superclass_acc", "macro_f1", "ece", "params",
-                  "images_per_s", "n_test", "original_reported_top1")
+                  "images_per_s", "n_test", "original_reported_top1", "tta_top1", "tta_top5")
 
 
 def label_names(data_source="cifar100", quick=False):
@@ -49,6 +49,44 @@ def predict_timed(model, x, batch_size=500):
     start = time.perf_counter()
     proba = predict_in_batches(model, x, batch_size, description=f"predict {model.name}")
     return proba, len(x) / (time.perf_counter() - start)
+
+
+def tta_views(x, translate=0):
+    """The views that test-time augmentation averages over.
+
+    Args:
+        x: images, shape (N, H, W, 3).
+        translate: pixels; > 0 adds four copies shifted up, down, left and right by that
+            many pixels (the border pixels repeated into the gap). Default 0.
+
+    Returns:
+        A list of arrays shaped like ``x``: the images, their mirror images, then the shifts.
+    """
+    x = np.asarray(x)
+    views = [x, np.ascontiguousarray(x[:, :, ::-1])]
+    if translate:
+        t, (height, width) = int(translate), x.shape[1:3]
+        padded = np.pad(x, ((0, 0), (t, t), (t, t), (0, 0)), mode="edge")
+        views += [padded[:, t + dy:t + dy + height, t + dx:t + dx + width]
+                  for dy, dx in ((-t, 0), (t, 0), (0, -t), (0, t))]
+    return views
+
+
+def predict_tta(model, x, batch_size=500, translate=0):
+    """Probabilities averaged over ``tta_views(x, translate)`` (horizontal flip, and shifts
+    when ``translate`` > 0)."""
+    from .training import predict_in_batches
+
+    views = tta_views(x, translate)
+    total = sum(predict_in_batches(model, view, batch_size, f"TTA {model.name} {i + 1}/{len(views)}")
+                for i, view in enumerate(views))
+    return total / len(views)
+
+
+def tta_scores(y_true, proba_tta):
+    """The ``tta_*`` columns of the results table from test-time-augmented probabilities."""
+    return {"tta_top1": top_k_accuracy(y_true, proba_tta, 1),
+            "tta_top5": top_k_accuracy(y_true, proba_tta, 5)}
 
 
 def top_k_accuracy(y_true, proba, k):
@@ -97,8 +135,11 @@ def evaluate(name, y_true, proba, fine_to_coarse, params=None, images_per_s=None
     }
 
 
-def format_table(rows, columns=RESULT_COLUMNS):
-    """The rows as an aligned text table (numbers rounded for reading)."""
+def format_table(rows, columns=None):
+    """The rows as an aligned text table (numbers rounded for reading); by default the
+    columns of ``RESULT_COLUMNS`` that hold a value in some row."""
+    if columns is None:
+        columns = [c for c in RESULT_COLUMNS if any(row.get(c) is not None for row in rows)]
     def cell(value):
         if value is None:
             return "-"
@@ -239,14 +280,23 @@ def load_artifacts(output_dir=".", names=None, required=None):
     return x_test, y_test, found
 
 
-def evaluate_all(models, x_test, y_test, fine_to_coarse, arrays_dir="arrays", batch_size=500):
-    """Predict once per model, save the probabilities, and return them with the table rows."""
+def evaluate_all(models, x_test, y_test, fine_to_coarse, arrays_dir="arrays", batch_size=500,
+                 tta=False, tta_translate=0):
+    """Predict once per model, save the probabilities, and return them with the table rows.
+
+    Args:
+        tta: also score test-time augmentation (``predict_tta``) in the ``tta_*`` columns;
+            the other columns stay single-view. Default False.
+        tta_translate: pixels of the shifted views of the TTA (0: flip only).
+    """
     probabilities, rows = {}, []
     for name, model in models.items():
         proba, speed = predict_timed(model, x_test, batch_size)
         save_probabilities(name, proba, arrays_dir)
         probabilities[name] = proba
         rows.append(evaluate(name, y_test, proba, fine_to_coarse, model.count_params(), speed))
+        if tta:
+            rows[-1].update(tta_scores(y_test, predict_tta(model, x_test, batch_size, tta_translate)))
     return probabilities, rows
 
 

@@ -171,28 +171,153 @@ def plot_misclassified(x, y_true, proba, indices, names, path=None, cols=4):
     return _finish(fig, path)
 
 
-def plot_reliability(bins_by_model, ece_by_model, path=None):
-    """Reliability diagram per model: accuracy vs mean confidence per bin, plus ECE."""
+def reliability_panel(ax, bins, title, legend=False):
+    """One reliability diagram on ``ax``: accuracy per confidence bin (bars), mean confidence
+    of each bin (dots) and the diagonal of perfect calibration.
+
+    Args:
+        ax: a Matplotlib axis.
+        bins: ``(mean_confidence, accuracy, counts)`` from ``evaluation.reliability_bins``.
+        title: the panel's title.
+        legend: draw the legend on this panel.
+    """
     import numpy as np
 
+    mean_confidence, accuracy, counts = bins
+    n_bins = len(counts)
+    centres = (np.arange(n_bins) + 0.5) / n_bins
+    used = counts > 0
+    ax.bar(centres[used], accuracy[used], width=1 / n_bins, edgecolor="black",
+           linewidth=0.4, label="accuracy")
+    ax.plot([0, 1], [0, 1], "--", color="grey", label="perfect calibration")
+    ax.plot(centres[used], mean_confidence[used], "o", color="crimson", markersize=3,
+            label="mean confidence of the bin")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("confidence")
+    ax.set_ylabel("accuracy")
+    ax.set_title(title, fontsize=10)
+    if legend:
+        ax.legend(fontsize=7, loc="upper left")
+
+
+def plot_reliability(bins_by_model, ece_by_model, path=None):
+    """Reliability diagram per model: accuracy vs mean confidence per bin, plus ECE."""
     names = list(bins_by_model)
     fig, axes = plt.subplots(1, len(names), figsize=(3.4 * len(names), 3.6), squeeze=False)
-    for ax, name in zip(axes[0], names):
-        mean_confidence, accuracy, counts = bins_by_model[name]
-        n_bins = len(counts)
-        centres = (np.arange(n_bins) + 0.5) / n_bins
-        used = counts > 0
-        ax.bar(centres[used], accuracy[used], width=1 / n_bins, edgecolor="black",
-               linewidth=0.4, label="accuracy")
-        ax.plot([0, 1], [0, 1], "--", color="grey", label="perfect calibration")
-        ax.plot(centres[used], mean_confidence[used], "o", color="crimson", markersize=3,
-                label="mean confidence of the bin")
-        ax.set_xlim(0, 1)
-        ax.set_ylim(0, 1)
-        ax.set_xlabel("confidence")
+    for i, (ax, name) in enumerate(zip(axes[0], names)):
+        reliability_panel(ax, bins_by_model[name], f"{name}: ECE {ece_by_model[name]:.3f}", legend=i == 0)
+    return _finish(fig, path)
+
+
+def plot_calibration(results, path=None):
+    """Per model (one column each), the test reliability diagram before temperature scaling
+    (top row) and after it (bottom row), with the ECE and the fitted temperature.
+
+    Args:
+        results: ``calibration.Calibration`` objects.
+        path: where to save the PNG (optional).
+    """
+    fig, axes = plt.subplots(2, len(results), figsize=(3.4 * len(results), 7.0), squeeze=False)
+    for i, result in enumerate(results):
+        reliability_panel(axes[0][i], result.bins_before,
+                          f"{result.model}: before, ECE {result.ece_before:.3f}", legend=i == 0)
+        reliability_panel(axes[1][i], result.bins_after,
+                          f"{result.model}: T = {result.temperature:.2f}, ECE {result.ece_after:.3f}")
+    fig.suptitle("Test-set reliability before (top) and after (bottom) temperature scaling "
+                 "fitted on the validation split", fontsize=10)
+    return _finish(fig, path)
+
+
+def plot_robustness(results, path=None):
+    """Accuracy against corruption severity, one panel per model and one line per
+    corruption, with the clean accuracy and the mean corruption accuracy as level lines.
+
+    Args:
+        results: ``robustness.Robustness`` objects.
+        path: where to save the PNG (optional).
+    """
+    import numpy as np
+
+    cols = 2 if len(results) == 4 else min(3, len(results))
+    rows = -(-len(results) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.6 * cols, 3.8 * rows), squeeze=False,
+                             sharey=True)
+    colours = plt.colormaps["tab10"]
+    top = min(1.0, 1.1 * max(max(r.clean, float(r.accuracy.max())) for r in results))
+    for ax, result in zip(axes.flat, results):
+        severities = np.arange(1, result.accuracy.shape[1] + 1)
+        for i, (name, values) in enumerate(zip(result.corruptions, result.accuracy)):
+            ax.plot(severities, values, "o-", markersize=3, color=colours(i % 10),
+                    label=name.replace("_", " "))
+        ax.axhline(result.clean, color="black", linestyle="--", linewidth=1, label="clean")
+        ax.axhline(result.mean_corruption_accuracy, color="black", linestyle=":", linewidth=1,
+                   label="mean over corruptions")
+        ax.set_title(f"{result.model}: clean {result.clean:.3f}, corrupted "
+                     f"{result.mean_corruption_accuracy:.3f} (drop {result.drop:.3f})", fontsize=9)
+        ax.set_xticks(severities)
+        ax.set_xlabel("severity")
+        ax.set_ylim(0, top)
+        ax.grid(alpha=0.3)
+    for ax in axes[:, 0]:
         ax.set_ylabel("accuracy")
-        ax.set_title(f"{name}: ECE {ece_by_model[name]:.3f}", fontsize=10)
-    axes[0][0].legend(fontsize=7, loc="upper left")
+    spare = list(axes.flat)[len(results):]
+    for ax in spare:
+        ax.axis("off")
+    handles, labels = axes.flat[0].get_legend_handles_labels()
+    fig.tight_layout()
+    if spare:  # the legend takes the first empty panel
+        spare[0].legend(handles, labels, loc="center", fontsize=9, frameon=False)
+    else:
+        fig.legend(handles, labels, loc="upper center", ncol=5, fontsize=8, frameon=False,
+                   bbox_to_anchor=(0.5, 0.0))
+    if path:
+        save_figure(fig, path)
+    return fig
+
+
+def plot_corruptions(image, path=None, seed=0):
+    """One image under every corruption of ``robustness`` (rows) at severities 1-5 (columns)."""
+    from .robustness import CORRUPTIONS, SEVERITIES, corrupt
+
+    fig, axes = plt.subplots(len(CORRUPTIONS), len(SEVERITIES) + 1,
+                             figsize=(1.3 * (len(SEVERITIES) + 1) + 1.0, 1.35 * len(CORRUPTIONS)))
+    for row, name in zip(axes, CORRUPTIONS):
+        views = [image] + [corrupt(image[None], name, s, seed)[0] for s in SEVERITIES]
+        for ax, view in zip(row, views):
+            ax.imshow(view, interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+        row[0].set_ylabel(name.replace("_", " "), fontsize=8)
+    for ax, title in zip(axes[0], ["clean"] + [f"severity {s}" for s in SEVERITIES]):
+        ax.set_title(title, fontsize=8)
+    return _finish(fig, path)
+
+
+def plot_predictions(images, tops, titles, path=None):
+    """Each image beside a bar chart of its top classes and their probabilities.
+
+    Args:
+        images: the 32x32 images the model saw (uint8).
+        tops: per image, ``[(class name, probability), ...]`` (``predict.top_classes``).
+        titles: a title per image (e.g. its file name).
+        path: where to save the PNG (optional).
+    """
+    count = len(images)
+    fig, axes = plt.subplots(count, 2, figsize=(6.4, 1.7 * count), squeeze=False,
+                             gridspec_kw={"width_ratios": [1, 2.6]})
+    for (ax_image, ax_bars), image, top, title in zip(axes, images, tops, titles):
+        ax_image.imshow(image, interpolation="nearest")
+        ax_image.set_title(title, fontsize=8)
+        ax_image.axis("off")
+        names = [name for name, _ in top][::-1]
+        values = [p for _, p in top][::-1]
+        ax_bars.barh(names, values, color="steelblue")
+        ax_bars.set_xlim(0, 1)
+        ax_bars.tick_params(labelsize=8)
+        for y, value in enumerate(values):
+            ax_bars.text(min(value + 0.02, 0.85), y, f"{value:.0%}", va="center", fontsize=7)
+    axes[-1][1].set_xlabel("probability")
     return _finish(fig, path)
 
 
