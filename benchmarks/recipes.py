@@ -4,6 +4,7 @@ and the accuracy-versus-time curve built from those timings and the recorded tra
 
     python benchmarks/recipes.py speed [--steps 6] [--rounds 2]   # about 6 minutes on 2 CPU cores
     python benchmarks/recipes.py curve                            # figure + table, no training
+    python benchmarks/recipes.py precision --archive A [--no-verify]  # same short run, both precisions
 
 ``speed`` trains each recipe for a few steps through the package's own input pipeline
 (augmentation in the parallel tf.data map, as on a CPU) on synthetic CIFAR-shaped data, with
@@ -11,10 +12,14 @@ one warm-up fit before the timed one; the recipes take turns (A B A B) so that a
 loads them alike. One epoch = 40,000 training images + a pass over 10,000 validation images.
 Results: docs/recipes/speed.json. ``curve`` reads it together with docs/recipes/runs.json
 (test accuracies of real CIFAR-100 runs, each with where it ran) and writes
-docs/recipes/accuracy_vs_time.png and docs/recipes/curve.md.
+docs/recipes/accuracy_vs_time.png and docs/recipes/curve.md. ``precision`` trains the tuned
+recipe briefly on real CIFAR-100 (a subset of the training split, the full validation split)
+once in float32 and once in mixed_bfloat16 from the same seed, and compares validation
+accuracy and time: docs/recipes/precision.json.
 """
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -140,24 +145,62 @@ def curve(args):
              "|---|---:|---:|---:|---|"]
     for recipe_name, (color, label) in styles.items():
         points = sorted((r for r in runs if r["recipe"] == recipe_name), key=lambda r: r["epochs"])
-        minutes = [r["epochs"] * epoch_seconds[(recipe_name, precision)] / 60 for r in points]
-        ax.plot(minutes, [r["test_top1"] for r in points], "o-", color=color, label=label)
-        for r, m in zip(points, minutes):
+        for on_gpu, marker, style in ((True, "o", "--"), (False, "s", "-")):
+            chosen = [r for r in points if r["trained_on"].startswith("H200") == on_gpu]
+            if chosen:
+                minutes = [r["epochs"] * epoch_seconds[(recipe_name, precision)] / 60 for r in chosen]
+                where = "trained on an H200" if on_gpu else "trained on this CPU"
+                ax.plot(minutes, [r["test_top1"] for r in chosen], marker=marker, ls=style,
+                        color=color, label=f"{label}, {where}")
+        for r in points:
+            m = r["epochs"] * epoch_seconds[(recipe_name, precision)] / 60
             lines.append(f"| {recipe_name} | {r['epochs']} | {m:.0f} | {r['test_top1']:.4f} | {r['trained_on']} |")
-    today = next(r for r in runs if r["recipe"] == "third_resnet9" and r["epochs"] == 30)
-    ax.axhline(today["test_top1"], color="tab:gray", ls=":", lw=1)
+    today = next(r for r in runs if r["recipe"] == "third_resnet9" and r["epochs"] == 30
+                 and not r["trained_on"].startswith("H200"))
+    ax.axhline(today["test_top1"], color="tab:gray", ls=":", lw=1,
+               label=f"the earlier recipe's shipped model ({today['test_top1']:.3f})")
     ax.axvline(30 * epoch_seconds[("third_resnet9", precision)] / 60 / 3, color="tab:gray", ls="--", lw=1,
                label="1/3 of the earlier recipe's time")
     ax.set_xlabel(f"training minutes on {report['cores']} CPU cores ({precision}, projected from measured s/epoch)")
     ax.set_ylabel("test top-1 (CIFAR-100)")
     ax.set_title("Third model: accuracy versus training time")
     ax.grid(alpha=0.3)
-    ax.legend(loc="lower right")
+    ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
     fig.savefig(os.path.join(OUT_DIR, "accuracy_vs_time.png"), dpi=120)
     with open(os.path.join(OUT_DIR, "curve.md"), "w") as f:
         f.write(speed_table(report) + "\n\n" + "\n".join(lines) + "\n")
     print("\n".join(lines))
+
+
+def precision_check(args):
+    """The same short tuned-recipe run in float32 and mixed_bfloat16 on real CIFAR-100."""
+    import keras
+
+    from cifar100cnn import data, models, training
+
+    dataset = data.load_dataset("cifar100", archive=args.archive, verify=not args.no_verify)
+    subset = dataclasses.replace(dataset, x_train=dataset.x_train[:args.train],
+                                 y_train=dataset.y_train[:args.train])
+    results = []
+    for precision in PRECISIONS:
+        keras.mixed_precision.set_global_policy(precision)
+        work = os.path.join("/tmp", f"precision_check_{precision}")
+        start = time.perf_counter()
+        model, history = training.train_image_model(
+            "third", lambda: models.build_third("tuned", whitening_images=subset.x_train), subset,
+            "third_tuned", work, epochs=args.epochs, retrain=True, verbose=0)
+        results.append(dict(precision=precision, seconds=time.perf_counter() - start,
+                            val_accuracy=history["val_accuracy"]))
+        print(results[-1], flush=True)
+    report = dict(cpu=cpu_name(), cores=os.cpu_count(), date=time.strftime("%Y-%m-%d"),
+                  data="CIFAR-100 (a copy checked against the official release)",
+                  train_images=args.train, val_images=len(dataset.x_val), epochs=args.epochs,
+                  command=f"python benchmarks/recipes.py precision --epochs {args.epochs} "
+                          f"--train {args.train}", results=results)
+    os.makedirs(OUT_DIR, exist_ok=True)
+    with open(os.path.join(OUT_DIR, "precision.json"), "w") as f:
+        json.dump(report, f, indent=1)
 
 
 def main(argv=None):
@@ -168,8 +211,14 @@ def main(argv=None):
     s.add_argument("--rounds", type=int, default=2, help="measurements per recipe and precision")
     c = commands.add_parser("curve", help="accuracy-versus-time figure and table")
     c.add_argument("--precision", default="mixed_bfloat16", choices=PRECISIONS)
+    p = commands.add_parser("precision", help="the same short real-data run in both precisions")
+    p.add_argument("--archive", default=os.path.join(REPO_ROOT, "..", "shared", "data",
+                                                    "cifar-100-python.tar.gz"))
+    p.add_argument("--no-verify", action="store_true", help="skip the archive's sha256 check")
+    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--train", type=int, default=10_000, help="training images (first N of the split)")
     args = parser.parse_args(argv)
-    return speed(args) if args.command == "speed" else curve(args)
+    return {"speed": speed, "curve": curve, "precision": precision_check}[args.command](args)
 
 
 if __name__ == "__main__":
