@@ -1,4 +1,5 @@
-"""``python -m cifar100cnn run``: execute the four notebooks in order with papermill."""
+"""``python -m cifar100cnn run``: execute the four notebooks in order with papermill.
+``python -m cifar100cnn predict IMAGE...``: the top-5 classes of your own images."""
 
 import argparse
 import os
@@ -42,7 +43,28 @@ def parse_args(argv=None):
     run.add_argument("--seed", type=int, default=0)
     run.add_argument("--notebooks", nargs="*", default=list(NOTEBOOKS),
                      help="which notebooks to run (default: all four, in order)")
+    add_predict_parser(commands)
     return parser.parse_args(argv)
+
+
+def add_predict_parser(commands):
+    from .artifacts import MODEL_FILES
+
+    predict = commands.add_parser("predict", help="the top-5 classes of your own images")
+    predict.add_argument("images", nargs="+", metavar="IMAGE",
+                         help="image files in any format Pillow reads; each is resized (shorter "
+                              "side to 32 pixels) and centre-cropped to 32x32")
+    predict.add_argument("--model", choices=list(MODEL_FILES), default="third",
+                         help="which saved model (default: third)")
+    predict.add_argument("--models-dir", default=os.path.join(REPO_ROOT, "models"),
+                         help="folder of the saved models (default: the repository's models/)")
+    predict.add_argument("--model-file", default=None,
+                         help="a .keras file to use instead of --model/--models-dir")
+    predict.add_argument("--labels", choices=("cifar100", "synthetic"), default="cifar100",
+                         help="class names: 'synthetic' for models of quick or synthetic runs")
+    predict.add_argument("--top", type=int, default=5, help="classes listed per image (default: 5)")
+    predict.add_argument("--verbose", action="store_true",
+                         help="show TensorFlow's start-up log (hidden by default)")
 
 
 def output_folder(args):
@@ -93,6 +115,7 @@ def run_notebooks(args):
     from .artifacts import replace_with_copy
 
     parameters = notebook_parameters(args)
+    os.environ.update(kernel_environment())  # for the kernels papermill starts
     executed_dir = os.path.join(parameters["output_dir"], "executed")
     unfinished_dir = failed_folder(parameters["output_dir"])
     os.makedirs(executed_dir, exist_ok=True)
@@ -111,9 +134,11 @@ def run_notebooks(args):
         kept = f"{final} was left as it was." if os.path.exists(final) else ""
         try:
             papermill.execute_notebook(source, running,
-                                       parameters={key: value for key, value in parameters.items()
+                                       parameters={key: value for key, value
+                                                   in kernel_parameters(parameters).items()
                                                    if key in declared},
-                                       cwd=REPO_ROOT,
+                                       cwd=parameters["output_dir"],
+                                       extra_arguments=KERNEL_ARGUMENTS,
                                        kernel_name="python3", progress_bar=True)
         except papermill.PapermillExecutionError as error:
             print(f"\n{name} failed in cell {error.exec_count}: {error.ename}: {error.evalue}\n"
@@ -133,10 +158,59 @@ def run_notebooks(args):
     return 0
 
 
+# CLI runs only (an interactive user keeps every message): the executed copies should hold
+# the notebooks' own output. TensorFlow's C++ start-up log is written to file descriptor 2
+# before any log level applies; with the kernel's fd capture off it reaches the terminal
+# that runs the command instead of the notebook.
+KERNEL_ARGUMENTS = ["--IPKernelApp.capture_fd_output=False"]
+
+
+def kernel_environment(environ=None):
+    """Environment variables for the kernels of a CLI run.
+
+    Progress bars off (``TQDM_DISABLE``) and tqdm's "IProgress not found" warning filtered
+    (``PYTHONWARNINGS``): executed copies need neither. TensorFlow's C++ INFO lines off
+    (``TF_CPP_MIN_LOG_LEVEL=1``, unless set; warnings and errors stay). The package importable
+    from the output folder, where the kernels run (``PYTHONPATH``).
+
+    Args:
+        environ: the current environment (default ``os.environ``); it is not changed.
+    """
+    environ = os.environ if environ is None else environ
+    return {
+        "TQDM_DISABLE": "1",
+        "PYTHONWARNINGS": _joined(",", environ.get("PYTHONWARNINGS"), "ignore:IProgress not found"),
+        "TF_CPP_MIN_LOG_LEVEL": environ.get("TF_CPP_MIN_LOG_LEVEL", "1"),
+        "PYTHONPATH": _joined(os.pathsep, REPO_ROOT, environ.get("PYTHONPATH")),
+    }
+
+
+def _joined(separator, *parts):
+    return separator.join(part for part in parts if part)
+
+
+def kernel_parameters(parameters):
+    """The parameters as the kernel sees them: it runs in the output folder, so
+    ``output_dir`` is "." and every path a notebook prints is relative to that folder."""
+    return {**parameters, "output_dir": "."}
+
+
+def predict_images(args):
+    from . import predict
+    from .artifacts import model_path
+    from .evaluation import label_names
+
+    path = args.model_file or model_path(args.model, args.models_dir)
+    names = label_names(args.labels)[0]
+    return predict.run(args.images, path, names, k=args.top, verbose=args.verbose)
+
+
 def main(argv=None):
     args = parse_args(argv)
     if args.command == "run":
         return run_notebooks(args)
+    if args.command == "predict":
+        return predict_images(args)
     return 2
 
 

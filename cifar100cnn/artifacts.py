@@ -141,7 +141,19 @@ def export_copy(model):
     clone = keras.models.clone_model(model, clone_function=as_float32, recursive=True)
     clone.set_weights(model.get_weights())
     # clone_model copies the compile settings; a fresh wrapper of the same graph has none.
-    return keras.Model(clone.inputs, clone.outputs, name=model.name)
+    return plain_wrapper(clone)
+
+
+def plain_wrapper(model):
+    """A functional model over ``model``'s graph whose single input and output are plain
+    tensors, not one-element lists: called on an array, a model with a list input makes
+    Keras warn "The structure of `inputs` doesn't match" every time."""
+    import keras
+
+    def single(tensors):
+        return tensors[0] if len(tensors) == 1 else tensors
+
+    return keras.Model(single(model.inputs), single(model.outputs), name=model.name)
 
 
 def save_model(model, path):
@@ -183,7 +195,7 @@ def load_model(path, expected_input=(32, 32, 3), expected_classes=100):
     if output_shape != (expected_classes,):
         raise ArtifactError(f"{path} outputs shape {output_shape}; expected ({expected_classes},) "
                             "(one probability per CIFAR-100 class).")
-    return model
+    return plain_wrapper(model)  # files saved with a one-element input list, too
 
 
 def save_array(array, path):
