@@ -1,6 +1,7 @@
 """Compile, fit with checkpoints and resume, save. Also device set-up and VGG16 features."""
 
 import os
+import shutil
 import time
 
 import keras
@@ -144,6 +145,25 @@ class BestWeights(keras.callbacks.Callback):
         self.best = float(value)
 
 
+def tensorboard_dir(work_dir):
+    """Where TensorBoard logs of a training go: ``<output>/logs/<stage>`` for a work folder
+    ``<output>/models/checkpoints/<stage>`` (git ignores ``logs/``), else ``<work_dir>/logs``."""
+    work_dir = os.path.abspath(work_dir)
+    checkpoints = os.path.dirname(work_dir)
+    if os.path.basename(checkpoints) != "checkpoints":
+        return os.path.join(work_dir, "logs")
+    return os.path.join(os.path.dirname(os.path.dirname(checkpoints)), "logs", os.path.basename(work_dir))
+
+
+def tensorboard(work_dir, fresh):
+    """A TensorBoard callback writing per-epoch curves to ``tensorboard_dir(work_dir)``; a
+    ``fresh`` start (no epoch done yet) first clears the logs of an earlier training."""
+    log_dir = tensorboard_dir(work_dir)
+    if fresh:
+        shutil.rmtree(log_dir, ignore_errors=True)
+    return keras.callbacks.TensorBoard(log_dir, write_graph=False)
+
+
 def as_history(epoch_log):
     """{"0": {...}, "1": {...}} -> {"accuracy": [...], ..., "seconds": [...]} in epoch order."""
     ordered = [epoch_log[key] for key in sorted(epoch_log, key=int)]
@@ -171,6 +191,7 @@ def fit(model, train_ds, val_ds, recipe, work_dir, epochs=None, verbose=1):
     callbacks = [
         BestWeights(best_weights, best=log.best()),
         log,
+        tensorboard(work_dir, fresh=not log.epochs),
         keras.callbacks.BackupAndRestore(os.path.join(work_dir, "backup"), double_checkpoint=True),
     ]
     if recipe.get("early_stopping"):
