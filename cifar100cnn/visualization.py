@@ -316,7 +316,10 @@ def plot_predictions(images, tops, titles, path=None):
         ax_bars.set_xlim(0, 1)
         ax_bars.tick_params(labelsize=8)
         for y, value in enumerate(values):
-            ax_bars.text(min(value + 0.02, 0.85), y, f"{value:.0%}", va="center", fontsize=7)
+            inside = value > 0.8  # a long bar carries its label inside, in white
+            ax_bars.text(value - 0.02 if inside else value + 0.02, y, f"{value:.0%}", va="center",
+                         ha="right" if inside else "left", color="white" if inside else "black",
+                         fontsize=7)
     axes[-1][1].set_xlabel("probability")
     return _finish(fig, path)
 

@@ -157,3 +157,19 @@ def test_error_messages_are_one_line(tmp_path):
     with pytest.raises(predict.PredictError) as caught:
         predict.load_predictor(str(broken))
     assert str(broken) in str(caught.value) and "\n" not in str(caught.value)
+
+
+def test_the_predictions_figure(tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from cifar100cnn import visualization
+
+    images = np.zeros((2, 32, 32, 3), np.uint8)
+    tops = [[("apple", 0.9), ("pear", 0.05)], [("cup", 0.4), ("bowl", 0.3)]]
+    fig = visualization.plot_predictions(images, tops, ["a.png", "b.jpg"], tmp_path / "own.png")
+    assert (tmp_path / "own.png").stat().st_size > 5_000
+    bars = fig.axes[1]
+    assert [t.get_text() for t in bars.get_yticklabels()] == ["pear", "apple"]  # best on top
+    assert [t.get_text() for t in bars.texts] == ["5%", "90%"]
+    matplotlib.pyplot.close(fig)
