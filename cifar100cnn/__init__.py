@@ -7,3 +7,9 @@ their recipes), ``training`` (fit with checkpoints/resume, VGG16 features), ``tu
 """
 
 __version__ = "0.1.0"
+
+# Stop at import, with the command that fixes it, when TensorFlow/Keras/NumPy are older than
+# the package needs (e.g. an older Keras preinstalled on Colab); see environment.py.
+from .environment import check_versions as _check_versions  # noqa: E402
+
+_check_versions()

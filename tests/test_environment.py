@@ -1,0 +1,182 @@
+"""The version floors: the import-time check, its agreement with requirements.txt,
+pyproject.toml and the lock files, and the committed models loading with this environment's
+Keras (.ci/floors runs this file with the lowest versions requirements.txt allows)."""
+
+import glob
+import importlib.metadata
+import os
+import re
+import sys
+import types
+
+import pytest
+
+from cifar100cnn import artifacts, environment
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def read(name):
+    with open(os.path.join(ROOT, name)) as handle:
+        return handle.read()
+
+
+def pins(lock_text):
+    """{name: version} of the ``name==version`` lines of a lock file (markers ignored)."""
+    found = {}
+    for line in lock_text.splitlines():
+        match = re.match(r"([A-Za-z0-9_.\-]+)==([^\s;]+)", line)
+        if match:
+            found[match.group(1).lower().replace("_", "-")] = match.group(2)
+    return found
+
+
+def ranges(requirements_text):
+    """{name: specifier} of the direct requirements (comments and ``-e .`` dropped)."""
+    found = {}
+    for line in requirements_text.splitlines():
+        line = line.split("#")[0].strip()
+        if line and not line.startswith("-"):
+            match = re.match(r"([A-Za-z0-9_.\-]+)\s*(.*)", line)
+            found[match.group(1).lower()] = match.group(2).replace(" ", "")
+    return found
+
+
+# ---------------------------------------------------------------------------
+# The check itself, with made-up versions
+# ---------------------------------------------------------------------------
+
+@pytest.fixture
+def versions(monkeypatch):
+    """Set what is 'installed' and what is 'imported': ``versions(disk={...}, loaded={...})``;
+    modules left out are taken at their floor on disk and not imported."""
+    def set_versions(disk=None, loaded=None):
+        disk = {**environment.MINIMUM, **(disk or {})}
+        loaded = loaded or {}
+        monkeypatch.setattr(environment, "installed_version", lambda module: disk.get(module))
+        monkeypatch.setattr(environment, "imported_version", lambda module: loaded.get(module))
+    monkeypatch.delenv(environment.SKIP_VARIABLE, raising=False)
+    return set_versions
+
+
+def test_floors_pass(versions):
+    versions()
+    assert environment.check_versions() == []
+    versions(disk={"keras": "3.15.1", "tensorflow": "2.21.0", "numpy": "2.4.6"},
+             loaded={"keras": "3.15.0", "numpy": "1.26.4"})
+    assert environment.check_versions() == []
+
+
+def test_older_keras_on_disk_names_the_upgrade_and_the_restart(versions):
+    versions(disk={"keras": "3.10.0"})
+    with pytest.raises(environment.EnvironmentVersionError) as caught:
+        environment.check_versions()
+    message = str(caught.value)
+    assert 'keras 3.10.0 is installed, but cifar100cnn needs keras>=3.15' in message
+    assert '%pip install -U "keras>=3.15,<4"' in message
+    assert "Restart session" in message and "could not be deserialized properly" in message
+    assert "tensorflow" not in message.split("\n", 1)[1]  # only the module that is too old
+
+
+def test_older_keras_already_imported_after_an_upgrade_asks_for_a_restart(versions):
+    versions(disk={"keras": "3.15.1"}, loaded={"keras": "3.13.2"})
+    with pytest.raises(ImportError, match=r"keras 3\.13\.2 is loaded in this process.*"
+                                          r"\(3\.15\.1 is installed\): restart the runtime"):
+        environment.check_versions()
+
+
+def test_older_tensorflow_and_numpy_and_a_missing_keras_are_all_reported(versions):
+    versions(disk={"tensorflow": "2.15.1", "numpy": "1.26.0", "keras": None})
+    problems = environment.problems()
+    assert len(problems) == 3
+    assert 'pip install -U "tensorflow>=2.16,<2.22"' in problems[0]
+    assert "keras is not installed" in problems[1]
+    assert 'pip install -U "numpy>=1.26.1"' in problems[2]
+
+
+def test_the_variable_turns_the_error_into_a_warning(versions, monkeypatch):
+    versions(disk={"keras": "3.3.3"})
+    monkeypatch.setenv(environment.SKIP_VARIABLE, "1")
+    with pytest.warns(UserWarning, match="going on anyway"):
+        assert len(environment.check_versions()) == 1
+    monkeypatch.setenv(environment.SKIP_VARIABLE, "0")
+    with pytest.raises(environment.EnvironmentVersionError):
+        environment.check_versions()
+
+
+def test_the_package_import_runs_the_check(monkeypatch):
+    """A fresh ``import cifar100cnn`` with an old Keras loaded fails with the check's error."""
+    monkeypatch.delenv(environment.SKIP_VARIABLE, raising=False)
+    monkeypatch.setitem(sys.modules, "keras", types.SimpleNamespace(__version__="3.8.0"))
+    for name in [name for name in sys.modules if name.split(".")[0] == "cifar100cnn"]:
+        monkeypatch.delitem(sys.modules, name)
+    with pytest.raises(ImportError, match=r"keras 3\.8\.0 is loaded"):
+        __import__("cifar100cnn")
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("3.15.1", (3, 15, 1)), ("2.16", (2, 16)), ("3.16.0.dev2026112603", (3, 16, 0)),
+    ("2.21.0rc1", (2, 21, 0)), ("1.26.4+local", (1, 26, 4))])
+def test_parse_version(text, expected):
+    assert environment.parse_version(text) == expected
+
+
+def test_comparison_pads_missing_parts():
+    assert environment._at_least("3.15", "3.15.0") and environment._at_least("3.15.0", "3.15")
+    assert environment._at_least("2.16.1", "2.16") and not environment._at_least("1.26.0", "1.26.1")
+    assert not environment._at_least("3.9.2", "3.15") and environment._at_least("10.0", "3.15")
+
+
+def test_this_environment_meets_the_floors():
+    assert environment.problems() == []
+
+
+# ---------------------------------------------------------------------------
+# One set of floors everywhere; the lock files fit the ranges
+# ---------------------------------------------------------------------------
+
+def test_floors_agree_with_requirements_and_pyproject():
+    required = ranges(read("requirements.txt"))
+    project = re.search(r"dependencies = \[(.*?)\]", read("pyproject.toml"), re.S).group(1)
+    declared = ranges("\n".join(re.findall(r'"([^"]+)"', project)))
+    assert declared == {name: spec for name, spec in required.items() if name != "pytest"}
+    for module, minimum in environment.MINIMUM.items():
+        assert re.search(rf"(^|,)>={re.escape(minimum)}(,|$)", required[module]), module
+    assert 'requires-python = ">=3.11"' in read("pyproject.toml")  # keras 3.15 needs it
+
+
+@pytest.mark.parametrize("lock", ["requirements.lock", "requirements-floor.txt"])
+def test_lock_files_satisfy_the_ranges(lock):
+    from packaging.specifiers import SpecifierSet
+
+    text = read(lock)
+    assert "make lock" in text.splitlines()[1]  # generated, refreshable with one command
+    pinned = pins(text)
+    for name, spec in ranges(read("requirements.txt")).items():
+        assert name in pinned, f"{lock} lacks {name}: run `make lock`"
+        assert pinned[name] in SpecifierSet(spec), f"{lock}: {name}=={pinned[name]} not in {spec}"
+
+
+def test_floor_file_pins_the_floors():
+    pinned = pins(read("requirements-floor.txt"))
+    for module, minimum in environment.MINIMUM.items():
+        assert environment.parse_version(pinned[module])[:len(environment.parse_version(
+            minimum))] == environment.parse_version(minimum), (module, pinned[module])
+
+
+# ---------------------------------------------------------------------------
+# What the floors are for: the committed models load with this environment's Keras
+# ---------------------------------------------------------------------------
+
+COMMITTED = sorted(glob.glob(os.path.join(ROOT, "models", "*.keras")))
+
+
+@pytest.mark.skipif(not COMMITTED, reason="no committed models in models/")
+@pytest.mark.parametrize("path", COMMITTED, ids=os.path.basename)
+def test_committed_model_loads(path):
+    import keras
+
+    model = artifacts.load_model(path)
+    assert model.output_shape[-1] == 100
+    print(f"{os.path.basename(path)} loads with keras {keras.__version__} "
+          f"(installed: {importlib.metadata.version('keras')})")
