@@ -73,8 +73,14 @@ def test_table_csv_and_figure(tmp_path):
     calibration.save_calibration(results, tmp_path / "calibration.csv")
     lines = (tmp_path / "calibration.csv").read_text().splitlines()
     assert lines[0] == "model,temperature,ece_before,ece_after,nll_before,nll_after" and len(lines) == 3
-    visualization.plot_calibration(results, tmp_path / "calibration.png")
+    fig = visualization.plot_calibration(results, tmp_path / "calibration.png")
     assert (tmp_path / "calibration.png").stat().st_size > 10_000
+    top, bottom = fig.axes[0], fig.axes[len(results)]  # model "a": before, after
+    for ax, (_, accuracy, counts), title in ((top, results[0].bins_before, "a: before"),
+                                             (bottom, results[0].bins_after, "a: T = ")):
+        assert ax.get_title().startswith(title)
+        heights = [bar.get_height() for bar in ax.patches]
+        np.testing.assert_allclose(heights, accuracy[counts > 0])
     matplotlib.pyplot.close("all")
 
 

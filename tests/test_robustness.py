@@ -198,7 +198,12 @@ def test_csv_and_figures(tmp_path, textured):
     lines = (tmp_path / "robustness.csv").read_text().splitlines()
     assert lines[0] == "model,corruption,severity,accuracy,n_images"
     assert len(lines) == 1 + 2 * (2 * 5 + 2) and lines[-1].startswith("m2,clean,,1.0")
-    visualization.plot_robustness(results, tmp_path / "robustness.png")
+    fig = visualization.plot_robustness(results, tmp_path / "robustness.png")
+    panel = fig.axes[1]
+    assert panel.get_title().startswith("m2: clean 1.000, corrupted")
+    for line, values in zip(panel.get_lines(), results[1].accuracy):
+        np.testing.assert_allclose(line.get_ydata(), values)
+    assert panel.get_lines()[2].get_ydata()[0] == results[1].clean  # the clean level line
     visualization.plot_corruptions(textured[0], tmp_path / "corruptions.png")
     for name in ("robustness.png", "corruptions.png"):
         assert (tmp_path / name).stat().st_size > 10_000
