@@ -35,8 +35,9 @@ def test_fake_archive_is_pickled_as_the_official_one():
     assert train.startswith(b"\x80\x02}")  # protocol 2, a dict
     assert b"cnumpy.core.multiarray\n_reconstruct\n" in train and b"numpy._core" not in train
     assert b"cnumpy\ndtype\n" in train and b"U\x0bfine_labels" in train  # Python 2 str keys
-    modern = fake_cifar.archive_members(fake_cifar.make_arrays(3, 2), layout="python3")
-    assert b"numpy._core.multiarray" in modern["cifar-100-python/train"]
+    if np.lib.NumpyVersion(np.__version__) >= "2.0.0":  # NumPy 1.x still pickles numpy.core
+        modern = fake_cifar.archive_members(fake_cifar.make_arrays(3, 2), layout="python3")
+        assert b"numpy._core.multiarray" in modern["cifar-100-python/train"]
 
 
 @pytest.mark.parametrize("layout", ["python2", "python3"])
