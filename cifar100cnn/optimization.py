@@ -54,12 +54,19 @@ class SparseSmoothedCrossentropy(keras.losses.Loss):
         return {**super().get_config(), "label_smoothing": self.label_smoothing}
 
 
-def compile_model(model, recipe, steps_per_epoch, epochs):
-    """Compile ``model`` with the recipe's optimizer, loss and ``steps_per_execution``."""
+def compile_model(model, recipe, steps_per_epoch, epochs, jit_compile="auto"):
+    """Compile ``model`` with the recipe's optimizer, loss and ``steps_per_execution``.
+
+    Args:
+        jit_compile: passed to ``model.compile``. The training code passes ``True`` or
+            ``False`` (``training.use_jit``): Keras' "auto" decides on its own and may turn
+            XLA off without saying so.
+    """
     loss = keras.losses.SparseCategoricalCrossentropy()
     if recipe.get("label_smoothing"):
         # Label smoothing needs one-hot targets; the pipeline stays sparse.
         loss = SparseSmoothedCrossentropy(recipe["label_smoothing"])
     model.compile(optimizer=make_optimizer(recipe, steps_per_epoch, epochs), loss=loss,
-                  metrics=["accuracy"], steps_per_execution=recipe.get("steps_per_execution", 1))
+                  metrics=["accuracy"], steps_per_execution=recipe.get("steps_per_execution", 1),
+                  jit_compile=jit_compile)
     return model

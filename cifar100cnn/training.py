@@ -1,8 +1,13 @@
-"""Compile, fit with checkpoints and resume, save. Also device set-up and VGG16 features."""
+"""Compile, fit with checkpoints and resume, save. Also device set-up, the fast path (XLA,
+augmentation in the model, mixed precision) with its fallback, and VGG16 features."""
 
+import contextlib
+import dataclasses
 import os
+import re
 import shutil
 import time
+import warnings
 
 import keras
 import numpy as np
@@ -171,18 +176,38 @@ def as_history(epoch_log):
     return {key: [record.get(key) for record in ordered] for key in keys}
 
 
-def fit(model, train_ds, val_ds, recipe, work_dir, epochs=None, verbose=1):
+def fit(model, train_ds, val_ds, recipe, work_dir, epochs=None, verbose=1, jit_compile="auto",
+        callbacks=()):
     """Compile and fit with best-weights checkpointing, resume and an epoch log.
 
     Re-running after an interruption resumes from the last completed epoch. Returns the
     history (dict of lists) with the best validation weights loaded into ``model``.
+
+    Args:
+        jit_compile: "auto" (default), True or False: see ``use_jit``. XLA that cannot be
+            had as asked raises ``FastPathError`` before training, never silently off.
+        callbacks: more Keras callbacks, called after the package's own.
     """
     epochs = check_epochs(epochs if epochs is not None else recipe["epochs"])
     os.makedirs(work_dir, exist_ok=True)
     steps = int(train_ds.cardinality())
     if steps < 1:
         raise ValueError("the training dataset is empty; expected at least one batch")
-    compile_model(model, recipe, steps, epochs)
+    jit = use_jit(jit_compile)
+    if tf.distribute.get_strategy().num_replicas_in_sync > 1:
+        # Several batches per call fail under MirroredStrategy in Keras 3 ("You must feed a
+        # value for placeholder tensor", keras#19246): one batch per call there.
+        recipe = {**recipe, "steps_per_execution": 1}
+    from . import distributed
+
+    if distributed.multi_worker():
+        model = distributed.for_multi_worker(model)
+    with xla_allowed(jit):
+        compile_with_xla(model, recipe, steps, epochs, jit)
+        return _fit_compiled(model, train_ds, val_ds, recipe, work_dir, epochs, verbose, callbacks)
+
+
+def _fit_compiled(model, train_ds, val_ds, recipe, work_dir, epochs, verbose, extra_callbacks):
     log = EpochLog(os.path.join(work_dir, "epochs.json"))
     best_weights = os.path.join(work_dir, "best.weights.h5")
     # Order matters for a hard kill between two callbacks: the backup (which decides where a
@@ -197,6 +222,7 @@ def fit(model, train_ds, val_ds, recipe, work_dir, epochs=None, verbose=1):
     if recipe.get("early_stopping"):
         callbacks.append(keras.callbacks.EarlyStopping(monitor="val_accuracy", mode="max",
                                                        patience=recipe["early_stopping"]))
+    callbacks.extend(extra_callbacks)
     # The pipeline shuffles already.
     model.fit(train_ds, validation_data=val_ds, epochs=epochs, callbacks=callbacks,
               shuffle=False, verbose=verbose)
@@ -269,36 +295,232 @@ def model_to_train(model, kind, seed, augment_on):
     return with_augmentation(model, build_augmentation(kind, seed, xla=True))
 
 
+# ---------------------------------------------------------------------------
+# The fast path (XLA, augmentation in the model, mixed precision) and its fallback
+# ---------------------------------------------------------------------------
+
+class FastPathWarning(RuntimeWarning):
+    """The fast path failed before its first step; training went on with part of it off."""
+
+
+class FastPathError(RuntimeError):
+    """The fast path cannot run as asked (e.g. XLA asked for a layer that has no XLA kernel)."""
+
+
+def use_jit(jit_compile="auto", strategy=None):
+    """Whether the training step is compiled with XLA: ``True`` or ``False`` as given, and
+    for "auto": on a GPU with one replica.
+
+    Keras' own "auto" is decided inside Keras and can leave XLA off without a word
+    (tf-keras#418); this one is decided here and reaches ``compile`` as True or False. It
+    is off with several replicas: XLA under ``MirroredStrategy`` breaks mixed_float16's loss
+    scaling (keras#21366) and, on logical CPU devices, reads variables across devices.
+
+    Args:
+        jit_compile: "auto" (default), True or False.
+        strategy: the strategy the model trains under (default: the current one).
+    """
+    if not (isinstance(jit_compile, bool) or jit_compile == "auto"):
+        raise ValueError(f"jit_compile must be 'auto', True or False, got {jit_compile!r}")
+    if jit_compile != "auto":
+        return jit_compile
+    strategy = strategy or tf.distribute.get_strategy()
+    return bool(tf.config.list_physical_devices("GPU")) and strategy.num_replicas_in_sync == 1
+
+
+def layers_without_xla(model):
+    """Names of the layers of ``model`` (nested models included) that XLA cannot compile."""
+    names = []
+    for layer in model.layers:
+        if isinstance(layer, keras.Model):
+            names += layers_without_xla(layer)
+        elif not layer.supports_jit:
+            names.append(layer.name)
+    return names
+
+
+@contextlib.contextmanager
+def xla_allowed(jit_compile):
+    """Inside the block, op determinism (which ``set_seed`` turns on for CPUs) is off when
+    ``jit_compile``: Keras silently drops XLA under it. Restored after the block."""
+    from tensorflow.python.framework import config as tf_config  # the flag Keras itself reads
+
+    turn_off = jit_compile and tf_config.is_op_determinism_enabled()
+    if turn_off:
+        tf_config.disable_op_determinism()
+    try:
+        yield
+    finally:
+        if turn_off:
+            tf_config.enable_op_determinism()
+
+
+def compile_with_xla(model, recipe, steps_per_epoch, epochs, jit_compile):
+    """``compile_model`` with ``jit_compile`` True or False, honoured or ``FastPathError``."""
+    if jit_compile and layers_without_xla(model):
+        raise FastPathError(f"XLA was asked for, but layer(s) {layers_without_xla(model)} of "
+                            f"{model.name!r} have no XLA kernel (supports_jit=False)")
+    compile_model(model, recipe, steps_per_epoch, epochs, jit_compile=bool(jit_compile))
+    if model.jit_compile != bool(jit_compile):
+        raise FastPathError(f"Keras set jit_compile={model.jit_compile} on {model.name!r} "
+                            f"although {bool(jit_compile)} was asked for")
+    return model
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainingPath:
+    """How a model trains: XLA or not, augmentation in the model or in tf.data, precision."""
+
+    jit_compile: bool
+    augment_on: str  # "model" or "pipeline"
+    precision: str  # a Keras dtype policy name
+
+    def fast_parts(self):
+        """What this path turns on beyond the plain one, in words."""
+        parts = ["XLA (jit_compile)"] if self.jit_compile else []
+        if self.augment_on == "model":
+            parts.append("augmentation inside the model")
+        if self.precision != "float32":
+            parts.append(f"mixed precision ({self.precision})")
+        return parts
+
+
+PLAIN_PATH = TrainingPath(jit_compile=False, augment_on="pipeline", precision="float32")
+
+
+def fast_path(kind, augment_on="auto", jit_compile="auto", strategy=None):
+    """The path asked for: XLA per ``use_jit``, augmentation ``kind`` per ``augment_in_model``
+    (None: no augmentation), the global precision policy (``configure_hardware`` sets it)."""
+    in_model = kind is not None and augment_in_model(augment_on)
+    return TrainingPath(use_jit(jit_compile, strategy), "model" if in_model else "pipeline",
+                        keras.mixed_precision.global_policy().name)
+
+
+def fallback_paths(path):
+    """``path``, then ``path`` without XLA (which avoids every known failure above and keeps
+    mixed precision), then ``PLAIN_PATH``; each only where it differs from the one before."""
+    paths = [path]
+    for candidate in (dataclasses.replace(path, jit_compile=False), PLAIN_PATH):
+        if candidate != paths[-1]:
+            paths.append(candidate)
+    return paths
+
+
+@contextlib.contextmanager
+def precision_policy(name):
+    """The global dtype policy is ``name`` inside the block and what it was after it."""
+    previous = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy(name)
+    try:
+        yield
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
+
+
+class StepWatch(keras.callbacks.Callback):
+    """Counts the training steps done: a failure before the first one is a start-up failure."""
+
+    def __init__(self):
+        super().__init__()
+        self.steps = 0
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.steps += 1
+
+
+def startup_failure(error):
+    """Whether ``error`` looks like a fast path that cannot compile or run (an XLA compile
+    error, an op without a kernel, a distribution error), not out-of-memory or a bad input."""
+    if isinstance(error, tf.errors.ResourceExhaustedError):
+        return False
+    return isinstance(error, (tf.errors.OpError, RuntimeError, NotImplementedError, TypeError))
+
+
+_PREAMBLE = re.compile(r"Graph execution error|Detected at node|<stack traces unavailable>|"
+                       r"The op is created at|File |\[\[|\d+ root error")
+
+
+def error_summary(error, width=200):
+    """``error`` in one short line: its type and the first line of its message that is not
+    TensorFlow's preamble or a stack frame, without the compiled graph's long name."""
+    lines = [re.sub(r"^\(\d+\) ", "", line.strip()) for line in str(error).splitlines()]
+    lines = [line for line in lines if line and not _PREAMBLE.match(line)]
+    text = re.sub(r"__inference_\S*|\(defined @ [^)]*\)", "", lines[0] if lines else "")
+    text = " ".join(text.split())
+    text = f"{type(error).__name__}: {text}".rstrip(": ")
+    return text if len(text) <= width else text[:width - 3] + "..."
+
+
+def train_with_fallback(attempt, path, name):
+    """``attempt(path, watch)``, falling back along ``fallback_paths(path)`` when it fails
+    before its first training step with a ``startup_failure``.
+
+    Args:
+        attempt: builds, compiles and trains on a ``TrainingPath``; gives ``watch`` (a
+            ``StepWatch``) to ``fit`` and returns what the caller needs.
+        path: the ``TrainingPath`` asked for.
+        name: the model's name, for the warning.
+
+    Each fallback issues one ``FastPathWarning`` of one line that says what was turned off.
+    Failures after the first step, and failures of the last path, are raised as they are.
+    """
+    paths = fallback_paths(path)
+    for current, following in zip(paths, paths[1:] + [None]):
+        watch = StepWatch()
+        try:
+            return attempt(current, watch)
+        except Exception as error:
+            if following is None or watch.steps or not startup_failure(error):
+                raise
+            off = [part for part in current.fast_parts() if part not in following.fast_parts()]
+            warnings.warn(f"{name}: the fast path failed before its first step "
+                          f"({error_summary(error)}); training again with {' and '.join(off)} "
+                          "turned off.", FastPathWarning, stacklevel=3)
+
+
 def train_image_model(name, build, data, recipe_name, models_dir="models", epochs=None,
                       retrain=False, seed=0, strategy=None, verbose=1, recipe_overrides=None,
-                      augment_on="auto"):
+                      augment_on="auto", jit_compile="auto"):
     """Build (under ``strategy``), train on ``data`` and save the model called ``name``.
 
     ``build`` is a function returning a fresh model; ``recipe_overrides`` replaces entries
     of ``RECIPES[recipe_name]``; ``augment_on`` ("auto", "pipeline" or "model") says where
-    augmentation runs (see ``augment_in_model``). Returns ``(model, history)``; an existing
-    saved model is reused unless ``retrain``.
+    augmentation runs (see ``augment_in_model``); ``jit_compile`` ("auto", True or False)
+    whether XLA compiles the training step (see ``use_jit``). Should this fast path (with
+    the precision policy of ``configure_hardware``) fail before its first step, training
+    starts again without XLA, then on the plain path (float32, augmentation in tf.data),
+    with a one-line ``FastPathWarning`` each time. The saved model is float32 either way.
+    Returns ``(model, history)``; an existing saved model is reused unless ``retrain``.
     """
     if recipe_name not in RECIPES:
         raise ValueError(f"unknown recipe {recipe_name!r}; expected one of {list(RECIPES)}")
-    augment_in_model(augment_on)  # refuse a bad value before any work
+    augment_in_model(augment_on)  # refuse bad values before any work
+    use_jit(jit_compile)
     found = existing(name, models_dir, retrain)
     if found:
         return found
     recipe = {**RECIPES[recipe_name], **(recipe_overrides or {})}
     epochs = check_epochs(epochs if epochs is not None else recipe["epochs"])
-    set_seed(seed)
-
-    kind = recipe["augmentation"]
-    train_ds = make_pipeline(data.x_train, data.y_train, recipe["batch_size"], shuffle=True,
-                             augment=pipeline_augmentation(kind, seed, augment_on), seed=seed)
-    val_ds = make_pipeline(data.x_val, data.y_val, recipe["batch_size"])
     strategy = strategy or tf.distribute.get_strategy()
-    with strategy.scope():
-        model = build()
-        trainee = model_to_train(model, kind, seed, augment_on)
-        work_dir = os.path.join(models_dir, "checkpoints", name)
-        history = fit(trainee, train_ds, val_ds, recipe, work_dir, epochs, verbose)
+    kind = recipe["augmentation"]
+    work_dir = os.path.join(models_dir, "checkpoints", name)
+
+    def attempt(path, watch):
+        set_seed(seed)
+        with precision_policy(path.precision):
+            train_ds = make_pipeline(data.x_train, data.y_train, recipe["batch_size"], shuffle=True,
+                                     augment=pipeline_augmentation(kind, seed, path.augment_on),
+                                     seed=seed)
+            val_ds = make_pipeline(data.x_val, data.y_val, recipe["batch_size"])
+            with strategy.scope():
+                model = build()
+                trainee = model_to_train(model, kind, seed, path.augment_on)
+                history = fit(trainee, train_ds, val_ds, recipe, work_dir, epochs, verbose,
+                              jit_compile=path.jit_compile, callbacks=[watch])
+        return model, history
+
+    model, history = train_with_fallback(
+        attempt, fast_path(kind, augment_on, jit_compile, strategy), name)
     finish(model, history, name, models_dir, work_dir)
     return model, history
 
@@ -362,9 +584,15 @@ def train_vgg16(data, weights="imagenet", models_dir="models", epochs=None, retr
     train_ds = feature_pipeline(train_features, data.y_train, recipe["batch_size"], shuffle=True, seed=seed)
     val_ds = feature_pipeline(val_features, data.y_val, recipe["batch_size"])
     work_dir = vgg16_checkpoints(models_dir, "vgg16", input_size)
+
+    def attempt(path, watch):
+        with precision_policy(path.precision), strategy.scope():
+            head = build_vgg16_head(train_features.shape[1:])
+            return head, fit(head, train_ds, val_ds, recipe, work_dir, epochs, verbose,
+                             jit_compile=path.jit_compile, callbacks=[watch])
+
+    head, history = train_with_fallback(attempt, fast_path(None, strategy=strategy), "vgg16")
     with strategy.scope():
-        head = build_vgg16_head(train_features.shape[1:])
-        history = fit(head, train_ds, val_ds, recipe, work_dir, epochs, verbose)
         model = assemble_vgg16(base, head)
         if finetune:
             history = finetune_vgg16(model, data, history, models_dir, seed, verbose,

@@ -1,4 +1,7 @@
-"""Optional keras-tuner search for the third model over a space holding both presets."""
+"""Optional keras-tuner search for the third model over a space holding both presets, on
+one machine or several (keras-tuner's distributed mode: see ``tuner_role``)."""
+
+import os
 
 import keras_tuner
 
@@ -6,40 +9,45 @@ from . import artifacts
 from .data import make_pipeline
 from .models import (RECIPES, build_augmentation, build_third_original, build_third_tuned,
                      whitening_kernel)
-from .training import compile_model, set_seed
+from .training import compile_model, set_seed, use_jit
+
+WIDTHS = (96, 128)  # the tuned network's first-block widths searched (x2, x4 in blocks 2, 3)
 
 
-def build_candidate(hp, steps_per_epoch=1, epochs=1, whitening=None):
+def build_candidate(hp, steps_per_epoch=1, epochs=1, whitening=None, widths=WIDTHS):
     """One model of the search space: the original recipe ("original") or the tuned network
-    with its width, peak learning rate, weight decay and label smoothing free."""
+    with its width (one of ``widths``), peak learning rate, weight decay and label smoothing
+    free. XLA as ``training.use_jit("auto")`` decides."""
     preset = hp.Choice("preset", ["tuned", "original"])
     if preset == "original":
         model = build_third_original()
         recipe = dict(RECIPES["third_original"])
     else:
         with hp.conditional_scope("preset", ["tuned"]):
-            width = hp.Choice("width", [96, 128])
+            width = hp.Choice("width", [int(w) for w in widths])
             recipe = {**RECIPES["third_tuned"],
                       "learning_rate": hp.Float("learning_rate", 0.4, 1.6, sampling="log"),
                       "weight_decay": hp.Choice("weight_decay", [5e-3, 1e-2]),
                       "label_smoothing": hp.Choice("label_smoothing", [0.1, 0.2])}
         model = build_third_tuned((width, 2 * width, 4 * width), whitening)
     # The learning-rate schedule spans the largest epoch budget of the search.
-    return compile_model(model, recipe, steps_per_epoch, epochs)
+    return compile_model(model, recipe, steps_per_epoch, epochs, jit_compile=use_jit("auto"))
 
 
 class ThirdModelHypermodel(keras_tuner.HyperModel):
     """Search space + fit: each trial also chooses its augmentation ("original" or "tuned")."""
 
-    def __init__(self, steps_per_epoch, max_epochs, seed=0, whitening=None):
+    def __init__(self, steps_per_epoch, max_epochs, seed=0, whitening=None, widths=WIDTHS):
         super().__init__()
         self.steps_per_epoch = steps_per_epoch
         self.max_epochs = max_epochs
         self.seed = seed
         self.whitening = whitening
+        self.widths = widths
 
     def build(self, hp):
-        return build_candidate(hp, self.steps_per_epoch, self.max_epochs, self.whitening)
+        return build_candidate(hp, self.steps_per_epoch, self.max_epochs, self.whitening,
+                               self.widths)
 
     def fit(self, hp, model, data, **kwargs):
         augment = build_augmentation(hp.get("preset"), seed=self.seed)
@@ -50,26 +58,55 @@ class ThirdModelHypermodel(keras_tuner.HyperModel):
         return model.fit(train_ds, validation_data=val_ds, **kwargs)
 
 
+TUNER_VARIABLES = ("KERASTUNER_TUNER_ID", "KERASTUNER_ORACLE_IP", "KERASTUNER_ORACLE_PORT")
+
+
+def tuner_role(environ=None):
+    """This process's part in keras-tuner's distributed mode: "chief" (runs the oracle, trains
+    nothing), "worker" (trains the trials the chief hands out) or None (a search of its own).
+
+    The mode is on when ``KERASTUNER_ORACLE_IP`` is set; the chief's ``KERASTUNER_TUNER_ID``
+    is "chief", each worker's a name of its own ("tuner0", "tuner1", ...).
+    """
+    environ = os.environ if environ is None else environ
+    if "KERASTUNER_ORACLE_IP" not in environ:
+        return None
+    missing = [name for name in TUNER_VARIABLES if not environ.get(name)]
+    if missing:
+        raise ValueError(f"distributed search: KERASTUNER_ORACLE_IP is set but {missing} not; "
+                         "set all of KERASTUNER_TUNER_ID ('chief' or a worker name), "
+                         "KERASTUNER_ORACLE_IP and KERASTUNER_ORACLE_PORT, or none of them.")
+    return "chief" if "chief" in environ["KERASTUNER_TUNER_ID"] else "worker"
+
+
 def search_third(data, max_epochs=10, budget_trials=6, directory="tuner", seed=0,
-                 results_path=None, verbose=1):
+                 results_path=None, verbose=1, widths=WIDTHS):
     """Hyperband search selected by validation accuracy; returns ``(best_hp_values, results)``.
 
     ``budget_trials`` bounds the number of models trained (Hyperband's ``max_trials`` via
     its iterations); the summary of every trial is written to ``results_path`` as JSON.
+    ``widths``: the tuned network's first-block widths to choose from (default ``WIDTHS``).
+
+    In keras-tuner's distributed mode (``tuner_role``) every process runs this with the same
+    arguments and ``directory`` (a shared folder when the machines share one): the chief
+    waits for the workers' trials and returns the results; a worker returns ``(None, [])``.
     """
     if budget_trials < 1 or max_epochs < 1:
         raise ValueError(f"budget_trials and max_epochs must be >= 1, got {budget_trials}, {max_epochs}")
+    role = tuner_role()
     set_seed(seed)
     batch_size = min(RECIPES["third_tuned"]["batch_size"], RECIPES["third_original"]["batch_size"])
     steps = -(-len(data.x_train) // batch_size)
     tuner = keras_tuner.Hyperband(
-        ThirdModelHypermodel(steps, max_epochs, seed, whitening_kernel(data.x_train)),
+        ThirdModelHypermodel(steps, max_epochs, seed, whitening_kernel(data.x_train), widths),
         objective="val_accuracy",
         max_epochs=max_epochs, factor=3, hyperband_iterations=1, seed=seed,
         max_consecutive_failed_trials=2, directory=directory, project_name="third_model",
         overwrite=False, max_retries_per_trial=0)
     tuner.oracle.max_trials = budget_trials
     tuner.search(data, epochs=max_epochs, verbose=verbose)
+    if role == "worker":  # the results live with the chief
+        return None, []
     trials = tuner.oracle.get_best_trials(num_trials=budget_trials)
     results = [{"trial": t.trial_id, "val_accuracy": t.score, **t.hyperparameters.values}
                for t in trials]
