@@ -35,17 +35,19 @@ def test_kernels_run_in_the_output_folder_with_relative_paths(tmp_path):
     assert cli.kernel_parameters(parameters)["quick"] is True
 
 
-PROBE = """\
-import os, sys, warnings
+PROBE = ["""\
+import os, time, warnings
 import tensorflow as tf
+print("sum", float(tf.reduce_sum(tf.ones(3))), "in", os.path.relpath(os.getcwd(), output_dir))
+""", """\
 from tqdm.auto import tqdm
 for _ in tqdm(range(3), desc="bar"):
     pass
-print("sum", float(tf.reduce_sum(tf.ones(3))), "in", os.path.relpath(os.getcwd(), output_dir))
 warnings.warn("a real warning stays")
 import cifar100cnn
 print("package from", os.path.dirname(os.path.dirname(cifar100cnn.__file__)))
-"""
+time.sleep(3)  # lets the kernel forward any captured C++ output before it shuts down
+"""]
 
 
 @pytest.mark.slow
@@ -56,12 +58,15 @@ def test_an_executed_copy_holds_only_the_notebooks_own_output(tmp_path, monkeypa
 
     notebook = nbformat.v4.new_notebook(metadata={"kernelspec": {"name": "python3", "language": "python",
                                                                  "display_name": "Python 3"}})
-    notebook.cells = [nbformat.v4.new_code_cell('output_dir = "/somewhere"'),
-                      nbformat.v4.new_code_cell(PROBE)]
+    notebook.cells = [nbformat.v4.new_code_cell('output_dir = "/somewhere"')]
+    notebook.cells += [nbformat.v4.new_code_cell(source) for source in PROBE]
     notebook.cells[0].metadata["tags"] = ["parameters"]
     nbformat.write(notebook, tmp_path / "probe.ipynb")
     for key, value in cli.kernel_environment().items():
         monkeypatch.setenv(key, value)
+    # ipykernel never captures file descriptors under pytest (it looks for this variable):
+    # without it the kernel behaves as in a real run, where C++ output would be captured.
+    monkeypatch.delenv("PYTEST_CURRENT_TEST", raising=False)
     out = tmp_path / "out"
     out.mkdir()
     parameters = cli.kernel_parameters({"output_dir": str(out)})
