@@ -130,7 +130,9 @@ def train(name, data, models_dir="models", epochs=None, seed=0, precision="auto"
     Call it first thing in the process (the strategy must exist before TensorFlow runs
     anything), on every worker with the same arguments. Each worker keeps its checkpoints
     apart (non-chief workers in a temporary folder, removed at the end), so that the
-    workers may share a disk. It always trains (no reuse of a saved model).
+    workers may share a disk. It always trains from the first epoch: no reuse of a saved
+    model and no resume (the workers' checkpoints would disagree), so an interrupted run
+    is started again on every machine.
 
     Args:
         name: "baseline", "overfit", "third_original" or "third" (the tuned recipe).
@@ -150,6 +152,8 @@ def train(name, data, models_dir="models", epochs=None, seed=0, precision="auto"
     from . import artifacts, training
 
     build, recipe = builder(name, data)
+    if chief:  # an earlier, interrupted run must not be resumed by the chief alone
+        shutil.rmtree(os.path.join(models_dir, "checkpoints", name), ignore_errors=True)
     scratch = None if chief else tempfile.mkdtemp(prefix="cifar100cnn_worker_")
     folder = models_dir if chief else os.path.join(scratch, "models")  # logs/ beside models/
     try:
