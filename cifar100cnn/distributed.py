@@ -239,10 +239,27 @@ def load_data(args):
                                x_val=dataset.x_val[:m], y_val=dataset.y_val[:m])
 
 
+def check_environment(command):
+    """The variables ``command`` needs, checked before any data is read: ``TF_CONFIG`` for
+    "train", the ``KERASTUNER_*`` variables for "search". Raises ``ValueError``."""
+    from . import tuning
+
+    if command == "train":
+        is_chief()
+    elif tuning.tuner_role() is None:
+        raise ValueError("set KERASTUNER_TUNER_ID ('chief' on the oracle's machine, a name of "
+                         "its own on each worker), KERASTUNER_ORACLE_IP and "
+                         "KERASTUNER_ORACLE_PORT (see README, 'More than one machine').")
+
+
 def main(argv=None):
     args = parse_args(argv)
+    try:
+        check_environment(args.command)
+    except ValueError as error:
+        print(f"python -m cifar100cnn.distributed {args.command}: {error}", file=sys.stderr)
+        return 2
     if args.command == "train":
-        is_chief()  # a clear error about TF_CONFIG before the data is read
         _, history, path = train(args.model, load_data(args),
                                  os.path.join(args.out, "models"), args.epochs, args.seed,
                                  args.precision)
@@ -250,9 +267,6 @@ def main(argv=None):
         print(f"RESULT {args.model}: {len(history['loss'])} epoch(s), best val_accuracy "
               f"{max(history['val_accuracy']):.4f}; {where}", flush=True)
         return 0
-    from . import tuning
-
-    tuning.tuner_role()  # a clear error about the KERASTUNER_* variables first
     best, results = search(load_data(args), args.epochs, args.budget, args.directory,
                            args.seed, args.results, args.widths)
     if best is None:

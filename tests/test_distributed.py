@@ -119,6 +119,16 @@ def test_distributed_search_without_the_variables_says_what_to_set(monkeypatch):
         distributed.search(data=None)
 
 
+@pytest.mark.parametrize("command", ["train", "search"])
+def test_command_without_its_variables_exits_with_one_clear_line(command, monkeypatch, capsys):
+    for name in ("TF_CONFIG",) + tuning.TUNER_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    assert distributed.main([command, *SMALL]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith(f"python -m cifar100cnn.distributed {command}: ")
+    assert ("TF_CONFIG is not set" if command == "train" else "set KERASTUNER_TUNER_ID") in error
+
+
 def test_limit_cuts_the_data_for_smoke_tests():
     args = distributed.parse_args(["train", "--model", "baseline", *SMALL])
     dataset = distributed.load_data(args)
