@@ -5,6 +5,7 @@ and the accuracy-versus-time curve built from those timings and the recorded tra
     python benchmarks/recipes.py speed [--steps 6] [--rounds 2]   # about 6 minutes on 2 CPU cores
     python benchmarks/recipes.py curve                            # figure + table, no training
     python benchmarks/recipes.py precision --archive A [--no-verify]  # same short run, both precisions
+    python benchmarks/recipes.py budget --epochs N --archive A [--no-verify] [--record]
 
 ``speed`` trains each recipe for a few steps through the package's own input pipeline
 (augmentation in the parallel tf.data map, as on a CPU) on synthetic CIFAR-shaped data, with
@@ -15,7 +16,10 @@ Results: docs/recipes/speed.json. ``curve`` reads it together with docs/recipes/
 docs/recipes/accuracy_vs_time.png and docs/recipes/curve.md. ``precision`` trains the tuned
 recipe briefly on real CIFAR-100 (a subset of the training split, the full validation split)
 once in float32 and once in mixed_bfloat16 from the same seed, and compares validation
-accuracy and time: docs/recipes/precision.json.
+accuracy and time: docs/recipes/precision.json. ``budget`` trains one recipe for N epochs on
+real CIFAR-100 (the full split, the precision ``auto`` picks) and measures its test top-1 once;
+``--record`` adds the run to docs/recipes/runs.json, a point of the curve. Its checkpoints sit
+in --work, so an interrupted run resumes where it stopped.
 """
 
 import argparse
@@ -203,6 +207,43 @@ def precision_check(args):
         json.dump(report, f, indent=1)
 
 
+def budget(args):
+    """Train ``args.recipe`` for ``args.epochs`` epochs on real CIFAR-100 and test it once."""
+    from cifar100cnn import data, evaluation, models, training
+
+    import keras
+
+    training.configure_hardware(precision=args.precision)
+    precision = keras.mixed_precision.global_policy().name
+    dataset = data.load_dataset("cifar100", archive=args.archive, verify=not args.no_verify)
+    if args.recipe == "third_resnet9":
+        recipe = models.RECIPES["third_resnet9"]
+        builder = lambda: models.build_resnet9(recipe["width"], recipe["dropout"])  # noqa: E731
+    else:
+        builder = lambda: models.build_third("tuned", whitening_images=dataset.x_train)  # noqa: E731
+    start = time.perf_counter()
+    model, history = training.train_image_model("third", builder, dataset, args.recipe, args.work,
+                                                epochs=args.epochs, verbose=2)
+    wall = time.perf_counter() - start
+    probabilities = training.predict_in_batches(model, dataset.x_test)
+    test_top1 = float((probabilities.argmax(1) == dataset.y_test.ravel()).mean())
+    run = dict(recipe=args.recipe, epochs=args.epochs, test_top1=round(test_top1, 4),
+               val_top1=round(float(history["val_accuracy"][-1]), 4),
+               trained_on=f"2 CPU cores ({cpu_name()}), TensorFlow, {precision}: "
+                          f"python benchmarks/recipes.py budget --epochs {args.epochs}"
+                          f" --recipe {args.recipe}, not shipped",
+               minutes_of_this_run=round(wall / 60, 1))
+    print(json.dumps(run), flush=True)
+    if args.record:
+        path = os.path.join(OUT_DIR, "runs.json")
+        with open(path) as f:
+            recorded = json.load(f)
+        recorded["runs"].append(run)
+        with open(path, "w") as f:
+            json.dump(recorded, f, indent=1)
+    return run
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description="The third model's recipes side by side.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -217,8 +258,19 @@ def main(argv=None):
     p.add_argument("--no-verify", action="store_true", help="skip the archive's sha256 check")
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--train", type=int, default=10_000, help="training images (first N of the split)")
+    b = commands.add_parser("budget", help="one recipe for N epochs on real CIFAR-100, tested")
+    b.add_argument("--epochs", type=int, required=True)
+    b.add_argument("--recipe", choices=RECIPE_NAMES, default="third_tuned")
+    b.add_argument("--precision", default="auto",
+                   choices=("auto", "float32", "mixed_float16", "mixed_bfloat16"))
+    b.add_argument("--work", default=os.path.join("/tmp", "recipe_budget"),
+                   help="checkpoints and the trained model (a resumed run continues from here)")
+    b.add_argument("--record", action="store_true", help="add the result to docs/recipes/runs.json")
+    b.add_argument("--archive", default=p.get_default("archive"))
+    b.add_argument("--no-verify", action="store_true", help="skip the archive's sha256 check")
     args = parser.parse_args(argv)
-    return {"speed": speed, "curve": curve, "precision": precision_check}[args.command](args)
+    return {"speed": speed, "curve": curve, "precision": precision_check,
+            "budget": budget}[args.command](args)
 
 
 if __name__ == "__main__":
