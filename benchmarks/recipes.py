@@ -212,9 +212,12 @@ def budget(args):
     from cifar100cnn import data, evaluation, models, training
 
     import keras
+    import tensorflow as tf
 
     training.configure_hardware(precision=args.precision)
     precision = keras.mixed_precision.global_policy().name
+    bf16 = sorted(training.cpu_flags() & set(training.BF16_CPU_FLAGS))
+    hardware = f"{os.cpu_count()} CPU cores ({', '.join([cpu_name(), *bf16])})"
     dataset = data.load_dataset("cifar100", archive=args.archive, verify=not args.no_verify)
     if args.recipe == "third_resnet9":
         recipe = models.RECIPES["third_resnet9"]
@@ -229,7 +232,7 @@ def budget(args):
     test_top1 = float((probabilities.argmax(1) == dataset.y_test.ravel()).mean())
     run = dict(recipe=args.recipe, epochs=args.epochs, test_top1=round(test_top1, 4),
                val_top1=round(float(history["val_accuracy"][-1]), 4),
-               trained_on=f"2 CPU cores ({cpu_name()}), TensorFlow, {precision}: "
+               trained_on=f"{hardware}, TensorFlow {tf.__version__}, {precision}: "
                           f"python benchmarks/recipes.py budget --epochs {args.epochs}"
                           f" --recipe {args.recipe}, not shipped",
                minutes_of_this_run=round(wall / 60, 1))
