@@ -1,6 +1,7 @@
 """Figures: training curves (and, for VisualizeModel, a look inside the models)."""
 
 import matplotlib.pyplot as plt
+import numpy as np
 
 
 def save_figure(fig, path):
@@ -10,6 +11,15 @@ def save_figure(fig, path):
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
     return path
+
+
+def _finish(fig, path, tight_layout=True):
+    """Lay out ``fig`` (unless already done), save it as PNG when ``path`` is given, return it."""
+    if tight_layout:
+        fig.tight_layout()
+    if path:
+        save_figure(fig, path)
+    return fig
 
 
 def plot_history(history, title, path=None):
@@ -26,10 +36,7 @@ def plot_history(history, title, path=None):
         ax.set_title(f"{title}: {label.lower()}")
         ax.grid(alpha=0.3)
         ax.legend()
-    fig.tight_layout()
-    if path:
-        save_figure(fig, path)
-    return fig
+    return _finish(fig, path)
 
 
 # ---------------------------------------------------------------------------
@@ -38,24 +45,17 @@ def plot_history(history, title, path=None):
 
 def plot_examples(x, y, names, path=None, rows=3, cols=10, seed=0):
     """A grid of random images with their class names."""
-    import numpy as np
-
     picks = np.random.default_rng(seed).choice(len(x), rows * cols, replace=False)
     fig, axes = plt.subplots(rows, cols, figsize=(1.35 * cols, 1.55 * rows))
     for ax, index in zip(axes.flat, picks):
         ax.imshow(x[index])
         ax.set_title(names[y[index]], fontsize=7)
         ax.axis("off")
-    fig.tight_layout()
-    if path:
-        save_figure(fig, path)
-    return fig
+    return _finish(fig, path)
 
 
 def plot_augmented(image, augment, path=None, count=8, title="augmented copies"):
     """The original image followed by ``count`` random augmentations of it."""
-    import numpy as np
-
     batch = np.repeat(image[None].astype("float32"), count, axis=0)
     augmented = np.asarray(augment(batch, training=True))
     fig, axes = plt.subplots(1, count + 1, figsize=(1.5 * (count + 1), 1.9))
@@ -64,23 +64,11 @@ def plot_augmented(image, augment, path=None, count=8, title="augmented copies")
         ax.set_title(label, fontsize=8)
         ax.axis("off")
     fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    if path:
-        save_figure(fig, path)
-    return fig
-
-
-def _finish(fig, path):
-    fig.tight_layout()
-    if path:
-        save_figure(fig, path)
-    return fig
+    return _finish(fig, path)
 
 
 def plot_results(rows, path=None):
     """Top-1, top-5 and superclass accuracy per model; the original's reported top-1 as marks."""
-    import numpy as np
-
     names = [row["model"] for row in rows]
     x = np.arange(len(rows))
     fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(rows)), 4))
@@ -107,8 +95,6 @@ def plot_confusion(matrix, names, title, path=None, block_sizes=None):
 
     ``block_sizes`` (e.g. 5 fine classes per superclass) draws lines between blocks.
     """
-    import numpy as np
-
     matrix = np.asarray(matrix, dtype=np.float32)
     rates = matrix / np.maximum(matrix.sum(axis=1, keepdims=True), 1)
     n = len(names)
@@ -131,8 +117,6 @@ def plot_confusion(matrix, names, title, path=None, block_sizes=None):
 
 def plot_superclass_confusions(matrices, coarse_names, path=None):
     """One row-normalised 20x20 superclass matrix per model, three per row."""
-    import numpy as np
-
     names = list(matrices)
     cols = min(3, len(names))
     rows = -(-len(names) // cols)
@@ -151,9 +135,7 @@ def plot_superclass_confusions(matrices, coarse_names, path=None):
     fig.tight_layout()
     fig.colorbar(image, ax=axes.ravel().tolist(), fraction=0.02, pad=0.01,
                  label="fraction of the true superclass")
-    if path:
-        save_figure(fig, path)
-    return fig
+    return _finish(fig, path, tight_layout=False)
 
 
 def plot_misclassified(x, y_true, proba, indices, names, path=None, cols=4):
@@ -181,8 +163,6 @@ def reliability_panel(ax, bins, title, legend=False):
         title: the panel's title.
         legend: draw the legend on this panel.
     """
-    import numpy as np
-
     mean_confidence, accuracy, counts = bins
     n_bins = len(counts)
     centres = (np.arange(n_bins) + 0.5) / n_bins
@@ -237,8 +217,6 @@ def plot_robustness(results, path=None):
         results: ``robustness.Robustness`` objects.
         path: where to save the PNG (optional).
     """
-    import numpy as np
-
     cols = 2 if len(results) == 4 else min(3, len(results))
     rows = -(-len(results) // cols)
     fig, axes = plt.subplots(rows, cols, figsize=(4.6 * cols, 3.8 * rows), squeeze=False,
@@ -271,9 +249,7 @@ def plot_robustness(results, path=None):
     else:
         fig.legend(handles, labels, loc="upper center", ncol=5, fontsize=8, frameon=False,
                    bbox_to_anchor=(0.5, 0.0))
-    if path:
-        save_figure(fig, path)
-    return fig
+    return _finish(fig, path, tight_layout=False)
 
 
 def plot_corruptions(image, path=None, seed=0):
@@ -328,20 +304,6 @@ def plot_predictions(images, tops, titles, path=None):
 # VisualizeModel: activations, filter patterns, Grad-CAM, embeddings
 # ---------------------------------------------------------------------------
 
-def find_layer(model, name):
-    """A layer by name, looked up in ``model`` and then in its nested sub-models."""
-    for layer in model.layers:
-        if layer.name == name:
-            return layer
-    for layer in model.layers:
-        if hasattr(layer, "layers"):
-            try:
-                return find_layer(layer, name)
-            except ValueError:
-                pass
-    raise ValueError(f"no layer {name!r} in {model.name}")
-
-
 def feature_layers(model, kinds=("Conv2D", "MaxPooling2D")):
     """Names of the top-level layers of the given kinds, in order."""
     return [layer.name for layer in model.layers if type(layer).__name__ in kinds]
@@ -360,8 +322,6 @@ def activation_grid(feature_map, cols=16):
     Channels are standardised then clipped to +-2 std; a constant channel (std 0) becomes 0,
     never NaN.
     """
-    import numpy as np
-
     fmap = np.asarray(feature_map, dtype=np.float32)
     h, w, channels = fmap.shape
     mean = fmap.mean(axis=(0, 1), keepdims=True)
@@ -380,8 +340,6 @@ def activation_grid(feature_map, cols=16):
 
 def plot_activations(model, image, title, path=None, max_channels=64, cols=16):
     """The channel grids of every conv and pooling layer of ``model`` for one image."""
-    import numpy as np
-
     names = feature_layers(model)
     outputs = activation_model(model, names)(image[None], training=False)
     outputs = outputs if isinstance(outputs, (list, tuple)) else [outputs]
@@ -424,7 +382,6 @@ def filter_pattern(extractor, filter_index, steps=30, learning_rate=10.0, size=3
 
     Returns a float32 (size, size, 3) image in [0, 1].
     """
-    import numpy as np
     import tensorflow as tf
 
     rng = np.random.default_rng(seed)
@@ -441,8 +398,6 @@ def filter_pattern(extractor, filter_index, steps=30, learning_rate=10.0, size=3
 
 def deprocess(image):
     """Centre, scale to 0.15 std, clip to [0, 1]: a viewable version of an optimised image."""
-    import numpy as np
-
     image = np.asarray(image, dtype=np.float32)
     image = image - image.mean()
     image = image / (image.std() + 1e-5) * 0.15 + 0.5
@@ -486,7 +441,6 @@ def grad_cam(model, image, class_index=None, layer_name=None):
     and values in [0, 1] (all zeros when no location supports the class).
     """
     import keras
-    import numpy as np
     import tensorflow as tf
 
     layer_name = layer_name or last_feature_map_layer(model)
@@ -527,7 +481,6 @@ def _chain(model):
 
 def overlay_heatmap(image, heatmap, size=128, alpha=0.45):
     """The image upscaled to ``size`` pixels with the heatmap (jet colours) blended on top."""
-    import numpy as np
     import tensorflow as tf
 
     big = tf.image.resize(np.asarray(image, np.float32)[None] / 255.0, (size, size), "bicubic")[0]
@@ -538,8 +491,6 @@ def overlay_heatmap(image, heatmap, size=128, alpha=0.45):
 
 def plot_grad_cam(model, x, y_true, indices, names, title, path=None, layer_name=None):
     """Per image: the upscaled image and its Grad-CAM overlay for the predicted class."""
-    import numpy as np
-
     fig, axes = plt.subplots(2, len(indices), figsize=(2.1 * len(indices), 5.4), squeeze=False)
     for column, i in enumerate(indices):
         heatmap, predicted = grad_cam(model, x[i], layer_name=layer_name)
@@ -560,7 +511,6 @@ def plot_grad_cam(model, x, y_true, indices, names, title, path=None, layer_name
 def penultimate_features(model, x, batch_size=250):
     """The input to the final classifier layer, flattened: (N, features) float32."""
     import keras
-    import numpy as np
 
     from .training import predict_in_batches
 
@@ -572,7 +522,6 @@ def penultimate_features(model, x, batch_size=250):
 
 def embed_2d(features, method="tsne", seed=0):
     """2-D embedding: PCA, or t-SNE after PCA to 50 dimensions (scikit-learn)."""
-    import numpy as np
     from sklearn.decomposition import PCA
     from sklearn.manifold import TSNE
 
@@ -588,8 +537,6 @@ def embed_2d(features, method="tsne", seed=0):
 
 def plot_embedding(points, coarse_labels, coarse_names, title, path=None):
     """Scatter of 2-D points coloured by superclass, with a legend of superclass names."""
-    import numpy as np
-
     fig, ax = plt.subplots(figsize=(10, 7))
     colours = plt.colormaps["tab20"]
     for c, name in enumerate(coarse_names):
