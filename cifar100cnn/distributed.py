@@ -118,9 +118,11 @@ def builder(name, data):
 
     if name == "third":
         return (lambda: models.build_third("tuned", whitening_images=data.x_train)), "third_tuned"
-    if name not in MODELS:
+    builders = {"baseline": models.build_baseline, "overfit": models.build_overfit,
+                "third_original": models.build_third_original}
+    if name not in builders:
         raise ValueError(f"unknown model {name!r}; expected one of {MODELS}")
-    return models.BUILDERS[name], name
+    return builders[name], name
 
 
 def train(name, data, models_dir="models", epochs=None, seed=0, precision="auto", verbose=2):

@@ -498,12 +498,3 @@ def forward_flops(model):
             positions = int(np.prod(layer.output.shape[1:-1]))  # 1 for Dense on vectors
             total += 2 * int(np.prod(layer.kernel.shape)) * positions
     return total
-
-
-BUILDERS = {
-    "baseline": build_baseline,
-    "overfit": build_overfit,
-    "third_original": build_third_original,
-    "third_tuned": build_third_tuned,
-    "third_resnet9": build_resnet9,
-}
