@@ -3,10 +3,7 @@ XLA (jit_compile), augmentation inside the model, mixed_float16 with loss scalin
 MirroredStrategy — each ending in a float32 model that loads in safe mode; the fast path's
 fallback when it fails before its first step. Tiny models and data: seconds per test."""
 
-import json
 import os
-import subprocess
-import sys
 import textwrap
 import warnings
 
@@ -19,7 +16,6 @@ from tensorflow.python.framework import config as tf_config
 from cifar100cnn import artifacts, data, models, training
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
 
 
 @pytest.fixture(scope="module")
@@ -332,14 +328,8 @@ _MIRRORED_FAST = textwrap.dedent("""
 
 
 @pytest.mark.slow
-def test_mirrored_strategy_with_every_fast_path_on_two_logical_cpus():
-    result = subprocess.run([sys.executable, "-c", _MIRRORED_FAST.format(here=HERE)],
-                            capture_output=True, text=True, timeout=600, cwd=ROOT,
-                            env=dict(os.environ, PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL="2",
-                                     CUDA_VISIBLE_DEVICES=""))
-    line = [text for text in result.stdout.splitlines() if text.startswith("RESULT ")]
-    assert line, result.stdout[-3000:] + result.stderr[-3000:]
-    report = json.loads(line[0][len("RESULT "):])
+def test_mirrored_strategy_with_every_fast_path_on_two_logical_cpus(script_result):
+    report = script_result(_MIRRORED_FAST.format(here=HERE), timeout=600, CUDA_VISIBLE_DEVICES="")
     assert "MirroredStrategy with 2 replica(s)" in report["text"]
     assert report["auto_jit"] is False  # "auto" keeps XLA off with several replicas
     # XLA asked for explicitly may fail across logical devices; only XLA may be dropped.

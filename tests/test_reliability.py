@@ -556,7 +556,7 @@ def _weights_sha(weights):
 
 
 @pytest.mark.slow
-def test_same_seed_gives_bit_identical_training_on_cpu(tmp_path, tiny_dataset):
+def test_same_seed_gives_bit_identical_training_on_cpu(tmp_path, tiny_dataset, script_result):
     """Two quick trainings (with augmentation and dropout) with the same seed: identical
     weights and history, also in a fresh process; another seed differs."""
     if tf.config.list_physical_devices("GPU"):
@@ -572,12 +572,7 @@ def test_same_seed_gives_bit_identical_training_on_cpu(tmp_path, tiny_dataset):
     assert runs[0][1] == runs[1][1]
     assert not same_weights(runs[0][0], runs[2][0])
 
-    result = subprocess.run([sys.executable, "-c", _TRAIN_AND_HASH],
-                            capture_output=True, text=True, timeout=300, cwd=ROOT,
-                            env=dict(os.environ, PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL="2"))
-    line = [text for text in result.stdout.splitlines() if text.startswith("RESULT ")]
-    assert line, result.stdout + result.stderr
-    fresh = json.loads(line[0][len("RESULT "):])
+    fresh = script_result(_TRAIN_AND_HASH, timeout=300)
     assert fresh["loss"] == runs[0][1]["loss"]
     assert fresh["sha"] == _weights_sha(runs[0][0])
 
@@ -633,14 +628,8 @@ _MIRRORED_ON_CPU = textwrap.dedent("""
 
 
 @pytest.mark.slow
-def test_mirrored_strategy_trains_on_two_logical_cpus():
-    result = subprocess.run([sys.executable, "-c", _MIRRORED_ON_CPU],
-                            capture_output=True, text=True, timeout=300, cwd=ROOT,
-                            env=dict(os.environ, PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL="2",
-                                     CUDA_VISIBLE_DEVICES=""))
-    line = [text for text in result.stdout.splitlines() if text.startswith("RESULT ")]
-    assert line, result.stdout[-3000:] + result.stderr[-3000:]
-    report = json.loads(line[0][len("RESULT "):])
+def test_mirrored_strategy_trains_on_two_logical_cpus(script_result):
+    report = script_result(_MIRRORED_ON_CPU, timeout=300, CUDA_VISIBLE_DEVICES="")
     assert report["strategy"] == "MirroredStrategy" and report["replicas"] == 2
     assert [device.split("/")[-1] for device in report["devices"]] == ["device:CPU:0", "device:CPU:1"]
     assert "MirroredStrategy with 2 replica(s)" in report["text"]
