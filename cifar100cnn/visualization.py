@@ -121,14 +121,15 @@ def plot_superclass_confusions(matrices, coarse_names, path=None):
     cols = min(3, len(names))
     rows = -(-len(names) // cols)
     fig, axes = plt.subplots(rows, cols, figsize=(6.2 * cols, 6.4 * rows), squeeze=False)
-    for ax, name in zip(axes.flat, names):
+    for i, (ax, name) in enumerate(zip(axes.flat, names)):
         matrix = np.asarray(matrices[name], dtype=np.float32)
         rates = matrix / np.maximum(matrix.sum(axis=1, keepdims=True), 1)
         image = ax.imshow(rates, cmap=plt.colormaps["Blues"], vmin=0, vmax=1)
         ax.set_xticks(range(len(coarse_names)), coarse_names, rotation=90, fontsize=7)
         ax.set_yticks(range(len(coarse_names)), coarse_names, fontsize=7)
         ax.set_xlabel("predicted superclass", fontsize=8)
-        ax.set_ylabel("true superclass", fontsize=8)
+        if i % cols == 0:  # on inner panels it would run into the left neighbour
+            ax.set_ylabel("true superclass", fontsize=8)
         ax.set_title(f"{name}: superclass confusion", fontsize=10)
     for ax in list(axes.flat)[len(names):]:
         ax.axis("off")
@@ -316,11 +317,17 @@ def activation_model(model, layer_names):
     return keras.Model(model.input, [model.get_layer(n).output for n in layer_names])
 
 
-def activation_grid(feature_map, cols=16):
+def activation_grid(feature_map, cols=16, fill=0.0):
     """Tile the channels of one (H, W, C) feature map into a grid, each channel scaled to [0, 1].
 
     Channels are standardised then clipped to +-2 std; a constant channel (std 0) becomes 0,
     never NaN.
+
+    Args:
+        feature_map: array of shape (H, W, C).
+        cols: channels per grid row (default 16).
+        fill: value of the 1-pixel separators and of the cells no channel fills (default 0;
+            NaN leaves them blank in a plot).
     """
     fmap = np.asarray(feature_map, dtype=np.float32)
     h, w, channels = fmap.shape
@@ -331,7 +338,7 @@ def activation_grid(feature_map, cols=16):
     scaled[:, :, std.ravel() <= 1e-6] = 0.0
     cols = min(cols, channels)
     rows = -(-channels // cols)
-    grid = np.zeros((rows * (h + 1) - 1, cols * (w + 1) - 1), dtype=np.float32)
+    grid = np.full((rows * (h + 1) - 1, cols * (w + 1) - 1), fill, dtype=np.float32)
     for c in range(channels):
         r, k = divmod(c, cols)
         grid[r * (h + 1):r * (h + 1) + h, k * (w + 1):k * (w + 1) + w] = scaled[:, :, c]
@@ -350,8 +357,9 @@ def plot_activations(model, image, title, path=None, max_channels=64, cols=16):
     axes[0].axis("off")
     for ax, name, output in zip(axes[1:], names, outputs):
         fmap = np.asarray(output[0])
-        grid = activation_grid(fmap[..., :max_channels], cols=cols)
-        ax.imshow(grid, cmap=plt.colormaps["viridis"], aspect="equal", interpolation="nearest")
+        grid = activation_grid(fmap[..., :max_channels], cols=cols, fill=np.nan)
+        cmap = plt.colormaps["viridis"].with_extremes(bad="white")  # blank separators, empty cells
+        ax.imshow(grid, cmap=cmap, aspect="equal", interpolation="nearest")
         shown = min(max_channels, fmap.shape[-1])
         ax.set_title(f"{name}: {fmap.shape[0]}x{fmap.shape[1]}, {shown} of {fmap.shape[-1]} channels",
                      fontsize=9)

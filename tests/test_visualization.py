@@ -171,8 +171,18 @@ def test_activation_figure_shows_the_image_and_each_layers_channels(tmp_path, ti
         fmap = np.asarray(output[0])
         channels = fmap.shape[-1]
         assert ax.get_title() == f"{name}: {fmap.shape[0]}x{fmap.shape[1]}, {channels} of {channels} channels"
-        np.testing.assert_allclose(shown_image(ax), visualization.activation_grid(fmap), atol=1e-6)
+        np.testing.assert_allclose(shown_image(ax), visualization.activation_grid(fmap, fill=np.nan),
+                                   atol=1e-6)
+        assert ax.images[0].get_cmap().get_bad()[3] > 0  # separators drawn as blank, not as 0
     assert_png_of(tmp_path / "act.png", fig)
+
+
+def test_activation_grid_fills_separators_and_empty_cells_with_fill():
+    grid = visualization.activation_grid(np.random.rand(4, 4, 5).astype(np.float32), cols=4,
+                                         fill=np.nan)
+    assert np.isnan(grid[4, :]).all() and np.isnan(grid[:, 4]).all()   # separators
+    assert np.isnan(grid[5:, 5:]).all()                                # cells 6-8 of row 2: empty
+    assert np.isfinite(grid[5:, :4]).all()                             # channel 5
 
 
 def test_misclassified_figure_shows_each_image_with_its_labels(tmp_path, images):
@@ -235,3 +245,16 @@ def test_embedding_figure_places_each_point_in_its_group(tmp_path, tiny_cnn, ima
     for group, offsets in shown.items():
         np.testing.assert_allclose(offsets, points[groups == int(group[5:])], atol=1e-5)
     assert_png_of(tmp_path / "emb.png", fig)
+
+
+def test_superclass_confusions_one_panel_per_model_normalised_by_row(tmp_path):
+    coarse = [f"super{i}" for i in range(4)]
+    matrices = {name: np.diag([2.0, 4.0, 6.0, 8.0]) + k for k, name in enumerate("abcd")}
+    fig = visualization.plot_superclass_confusions(matrices, coarse, tmp_path / "sc.png")
+    panels = [ax for ax in fig.axes if ax.get_title()]
+    assert [ax.get_title() for ax in panels] == [f"{n}: superclass confusion" for n in "abcd"]
+    expected = matrices["b"] / matrices["b"].sum(axis=1, keepdims=True)
+    np.testing.assert_allclose(shown_image(panels[1]), expected, rtol=1e-6)
+    # three per row: the y label only on the first column, where it has room
+    assert [ax.get_ylabel() for ax in panels] == ["true superclass", "", "", "true superclass"]
+    assert_png_of(tmp_path / "sc.png", fig)
