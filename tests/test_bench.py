@@ -1,6 +1,9 @@
 """benchmarks/bench.py: the report renders from given measurements (no timing here), the
 estimates scale them as documented, and the report file is written only with --write."""
 
+import ast
+import importlib
+import importlib.util
 import os
 import sys
 
@@ -12,6 +15,27 @@ sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
 import bench  # noqa: E402
 import bench_estimate  # noqa: E402
 import bench_report  # noqa: E402
+
+
+def _importable(module, name):
+    """Whether ``from module import name`` works: an attribute, or a submodule of a package."""
+    parent = importlib.import_module(module)
+    return hasattr(parent, name) or (hasattr(parent, "__path__")
+                                     and importlib.util.find_spec(f"{module}.{name}") is not None)
+
+
+def test_every_package_name_the_measurements_import_exists():
+    """The measurements import the package inside functions; a moved name would only fail
+    hours into a benchmark run."""
+    path = os.path.join(ROOT, "benchmarks", "bench_measure.py")
+    with open(path, encoding="utf-8") as handle:
+        tree = ast.parse(handle.read())
+    imported = [(node.module, alias.name) for node in ast.walk(tree)
+                if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("cifar100cnn")
+                for alias in node.names]
+    assert len(imported) > 10
+    missing = [f"{module}.{name}" for module, name in imported if not _importable(module, name)]
+    assert missing == []
 
 
 def phases(train, val, callbacks):
