@@ -167,8 +167,56 @@ def save_model(model, path):
     return path
 
 
+# Class names in a saved configuration that stand for code of the file's own: a Lambda layer,
+# a serialized Python lambda (bytecode; e.g. an activation given as ``lambda x: ...``).
+UNSAFE_CLASSES = ("Lambda", "__lambda__")
+
+
+def unsafe_classes(path):
+    """The class names of ``UNSAFE_CLASSES`` in a ``.keras`` file's configuration, found without
+    building anything: a ``.keras`` file is a zip archive whose ``config.json`` holds the model's
+    configuration as nested ``{"class_name": ..., "config": ...}`` objects.
+
+    Args:
+        path: the ``.keras`` file.
+
+    Returns:
+        The sorted names found; empty for a safe model or a file that is not a ``.keras``
+        archive (``keras.models.load_model`` says what is wrong with that one).
+    """
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            config = json.loads(archive.read("config.json"))
+    except (zipfile.BadZipFile, KeyError, ValueError, OSError):
+        return []
+    found, stack = set(), [config]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            if node.get("class_name") in UNSAFE_CLASSES:
+                found.add(node["class_name"])
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
+    return sorted(found)
+
+
 def load_model(path, expected_input=(32, 32, 3), expected_classes=100):
-    """Load a ``.keras`` model with ``safe_mode=True`` and check its input and output shapes."""
+    """Load a ``.keras`` model with ``safe_mode=True`` and check its input and output shapes.
+
+    A file whose configuration holds a Lambda layer or a Python lambda is refused before
+    Keras reads it (``unsafe_classes``).
+
+    Args:
+        path: the ``.keras`` file.
+        expected_input: the input shape without the batch axis (default ``(32, 32, 3)``).
+        expected_classes: the number of outputs (default 100).
+
+    Returns:
+        The model, uncompiled, with a single input and output.
+    """
     import keras
 
     path = os.fspath(path)
@@ -176,17 +224,18 @@ def load_model(path, expected_input=(32, 32, 3), expected_classes=100):
         name = next((n for n, f in MODEL_FILES.items() if path.endswith(f)), None)
         hint = f" Run {PRODUCED_BY[name]} to produce it." if name else ""
         raise ArtifactError(f"model file not found: {path}.{hint}")
+    unsafe = unsafe_classes(path)
+    if unsafe:
+        raise ArtifactError(
+            f"{path} contains a Lambda layer or other arbitrary code ({', '.join(unsafe)}), "
+            "which can run anything on your machine. It was refused: loading keeps "
+            "safe_mode=True. Use models saved by this project (they need no custom code).")
     try:
         model = keras.models.load_model(path, compile=False, safe_mode=True)
     except Exception as error:
-        text = str(error)
-        if "Lambda" in text or "safe_mode" in text or "unsafe" in text.lower():
-            raise ArtifactError(
-                f"{path} contains a Lambda layer or other arbitrary code, which can run "
-                "anything on your machine. It was refused: loading keeps safe_mode=True. "
-                "Use models saved by this project (they need no custom code).") from None
         raise ArtifactError(f"{path} is not a loadable Keras model ({type(error).__name__}: "
-                            f"{text[:300]}). Re-create it with the notebook that produced it.") from None
+                            f"{str(error)[:300]}). Re-create it with the notebook that produced "
+                            "it.") from None
     input_shape = tuple(model.input_shape[1:]) if not isinstance(model.input_shape, list) else None
     output_shape = tuple(model.output_shape[1:]) if not isinstance(model.output_shape, list) else None
     if input_shape != tuple(expected_input):

@@ -264,6 +264,20 @@ def test_lambda_model_is_refused_with_safe_mode_message(tmp_path):
     assert keras.models.load_model(path, safe_mode=False, compile=False).output_shape == (None, 100)
 
 
+def test_lambda_in_a_nested_model_is_refused_before_keras_reads_the_file(tmp_path, monkeypatch):
+    inner = keras.Sequential([keras.layers.Lambda(lambda t: t * 2.0)], name="inner")
+    inputs = keras.Input(shape=(32, 32, 3))
+    x = keras.layers.GlobalAveragePooling2D()(inner(inputs))
+    model = keras.Model(inputs, keras.layers.Dense(100, activation="softmax")(x))
+    path = str(tmp_path / "nested_lambda.keras")
+    model.save(path)
+    assert artifacts.unsafe_classes(path) == ["Lambda", "__lambda__"]
+    # The refusal does not depend on what Keras' own safe mode would say.
+    monkeypatch.setattr(keras.models, "load_model", lambda *a, **k: pytest.fail("loaded"))
+    with pytest.raises(ArtifactError, match="arbitrary code .*Lambda.*refused"):
+        artifacts.load_model(path)
+
+
 def test_load_model_keeps_safe_mode_on(tmp_path, monkeypatch, small_model):
     path = str(tmp_path / "m.keras")
     artifacts.save_model(small_model(), path)
