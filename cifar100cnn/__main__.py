@@ -198,7 +198,7 @@ def kernel_parameters(parameters):
 def predict_images(args):
     from . import predict
     from .artifacts import model_path
-    from .evaluation import label_names
+    from .data import label_names
 
     path = args.model_file or model_path(args.model, args.models_dir)
     names = label_names(args.labels)[0]
@@ -209,9 +209,7 @@ def main(argv=None):
     args = parse_args(argv)
     if args.command == "run":
         return run_notebooks(args)
-    if args.command == "predict":
-        return predict_images(args)
-    return 2
+    return predict_images(args)  # the only other command (argparse requires one)
 
 
 if __name__ == "__main__":

@@ -320,27 +320,44 @@ def _render_chunk(rng, scaled, labels):
 # One entry point for notebooks
 # ---------------------------------------------------------------------------
 
+def label_names(source="cifar100", quick=False):
+    """The class names of the data ``load_dataset(source, quick=quick)`` returns.
+
+    Args:
+        source: "cifar100" or "synthetic" (default "cifar100").
+        quick: True for quick mode's synthetic data, whatever ``source`` says (default False).
+
+    Returns:
+        ``(fine_names, coarse_names, fine_to_coarse)``: two lists and an int array.
+    """
+    if source not in SOURCES:
+        raise ValueError(f"unknown data source {source!r}; expected one of {SOURCES}")
+    if quick or source == "synthetic":
+        names = SYNTHETIC_FINE_NAMES, SYNTHETIC_COARSE_NAMES, SYNTHETIC_FINE_TO_COARSE
+    else:
+        names = FINE_LABEL_NAMES, COARSE_LABEL_NAMES, FINE_TO_COARSE
+    return list(names[0]), list(names[1]), np.asarray(names[2])
+
+
 def load_dataset(source="cifar100", archive=None, verify=True, quick=False, seed=0):
     """Load ``source`` ("cifar100" or "synthetic") and split it the original way.
 
     ``quick`` uses a small synthetic set (2,000 train + 500 test) whatever ``source`` says,
     so that the whole pipeline can be exercised in minutes.
     """
-    if source not in SOURCES:
-        raise ValueError(f"unknown data source {source!r}; expected one of {SOURCES}")
+    names = label_names(source, quick)
     if quick:
-        return synthetic_dataset(2_000, 500, seed=seed, source="synthetic (quick)")
+        train, test = make_synthetic(2_000, 500, seed=seed)
+        return split_dataset(train, test, *names, "synthetic (quick)")
     if source == "synthetic":
-        return synthetic_dataset(seed=seed)
-    train, test = load_cifar100(archive, verify=verify)
-    return split_dataset(train, test, FINE_LABEL_NAMES, COARSE_LABEL_NAMES, FINE_TO_COARSE, source)
+        return split_dataset(*make_synthetic(seed=seed), *names, source)
+    return split_dataset(*load_cifar100(archive, verify=verify), *names, source)
 
 
 def synthetic_dataset(n_train=50_000, n_test=10_000, seed=0, source="synthetic"):
     """``make_synthetic`` split the original way, with the synthetic class names."""
     train, test = make_synthetic(n_train, n_test, seed=seed)
-    return split_dataset(train, test, SYNTHETIC_FINE_NAMES, SYNTHETIC_COARSE_NAMES,
-                         SYNTHETIC_FINE_TO_COARSE, source)
+    return split_dataset(train, test, *label_names("synthetic"), source)
 
 
 def split_dataset(train, test, fine_names, coarse_names, fine_to_coarse, source):

@@ -19,16 +19,6 @@ RESULT_COLUMNS = ("model", "top1", "top5", "superclass_acc", "macro_f1", "ece", 
                   "images_per_s", "n_test", "original_reported_top1", "tta_top1", "tta_top5")
 
 
-def label_names(data_source="cifar100", quick=False):
-    """``(fine_names, coarse_names, fine_to_coarse)`` matching the data the models saw."""
-    if quick or data_source == "synthetic":
-        return (list(data.SYNTHETIC_FINE_NAMES), list(data.SYNTHETIC_COARSE_NAMES),
-                np.asarray(data.SYNTHETIC_FINE_TO_COARSE))
-    if data_source != "cifar100":
-        raise ValueError(f"unknown data source {data_source!r}; expected one of {data.SOURCES}")
-    return list(data.FINE_LABEL_NAMES), list(data.COARSE_LABEL_NAMES), np.asarray(data.FINE_TO_COARSE)
-
-
 def load_models(models_dir="models", names=None):
     """The saved models that exist, by name; each missing one is reported and skipped."""
     loaded = {}

@@ -183,3 +183,16 @@ def test_real_archive_has_the_official_order_names_and_superclasses(real_archive
                                                                  label_mode="coarse")
     np.testing.assert_array_equal(data.FINE_TO_COARSE[y_train], coarse_train)
     np.testing.assert_array_equal(data.FINE_TO_COARSE[y_test], coarse_test)
+
+
+def test_label_names_follow_the_parameters_and_match_the_loaded_data():
+    fine, coarse, f2c = data.label_names("cifar100", quick=True)
+    assert fine[0].startswith("syn") and len(coarse) == 20 and f2c[99] == 19
+    fine, coarse, f2c = data.label_names("cifar100", quick=False)
+    assert fine[0] == "apple" and coarse[0] == "aquatic_mammals"
+    np.testing.assert_array_equal(f2c, data.FINE_TO_COARSE)
+    assert data.label_names("synthetic")[0][0].startswith("syn")
+    with pytest.raises(ValueError, match="unknown data source"):
+        data.label_names("cifar10")
+    quick = data.load_dataset("cifar100", quick=True)
+    assert (quick.fine_names, quick.coarse_names) == data.label_names("cifar100", quick=True)[:2]

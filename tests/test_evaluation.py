@@ -143,15 +143,6 @@ def test_probabilities_saved_as_float16(tmp_path, random_predictions):
     assert artifacts.load_array(path).dtype == np.float16
 
 
-def test_label_names_follow_the_parameters():
-    fine, coarse, f2c = evaluation.label_names("cifar100", quick=True)
-    assert fine[0].startswith("syn") and len(coarse) == 20 and f2c[99] == 19
-    fine, coarse, f2c = evaluation.label_names("cifar100", quick=False)
-    assert fine[0] == "apple" and coarse[0] == "aquatic_mammals"
-    np.testing.assert_array_equal(f2c, data.FINE_TO_COARSE)
-    assert evaluation.label_names("synthetic")[0][0].startswith("syn")
-
-
 def test_per_class_best_worst_and_confusion():
     names = [f"c{i}" for i in range(100)]
     y_true = np.array([0, 0, 1, 1, 2, 2])
