@@ -58,6 +58,35 @@ class ThirdModelHypermodel(keras_tuner.HyperModel):
         return model.fit(train_ds, validation_data=val_ds, **kwargs)
 
 
+class BudgetHyperbandOracle(keras_tuner.oracles.HyperbandOracle):
+    """Hyperband's oracle that ends the search after ``max_trials`` trials: ``Oracle`` takes
+    that bound, ``HyperbandOracle``'s constructor does not pass it on.
+
+    Args:
+        max_trials: the most trials (models trained) in all.
+        **kwargs: ``keras_tuner.oracles.HyperbandOracle``'s arguments.
+    """
+
+    def __init__(self, max_trials, **kwargs):
+        super().__init__(**kwargs)
+        self.max_trials = max_trials
+
+
+class BudgetHyperband(keras_tuner.Hyperband):
+    """``keras_tuner.Hyperband`` (epochs per trial, weights carried between rounds) over an
+    oracle given to it, e.g. a ``BudgetHyperbandOracle``.
+
+    Args:
+        oracle: a ``keras_tuner.oracles.HyperbandOracle``.
+        hypermodel: the ``keras_tuner.HyperModel`` searched.
+        **kwargs: ``keras_tuner.Tuner``'s arguments (``directory``, ``project_name``, ...).
+    """
+
+    def __init__(self, oracle, hypermodel, **kwargs):
+        # Tuner's constructor: Hyperband's would build an oracle of its own.
+        keras_tuner.Tuner.__init__(self, oracle=oracle, hypermodel=hypermodel, **kwargs)
+
+
 TUNER_VARIABLES = ("KERASTUNER_TUNER_ID", "KERASTUNER_ORACLE_IP", "KERASTUNER_ORACLE_PORT")
 
 
@@ -97,13 +126,13 @@ def search_third(data, max_epochs=10, budget_trials=6, directory="tuner", seed=0
     set_seed(seed)
     batch_size = min(RECIPES["third_tuned"]["batch_size"], RECIPES["third_original"]["batch_size"])
     steps = -(-len(data.x_train) // batch_size)
-    tuner = keras_tuner.Hyperband(
-        ThirdModelHypermodel(steps, max_epochs, seed, whitening_kernel(data.x_train), widths),
-        objective="val_accuracy",
-        max_epochs=max_epochs, factor=3, hyperband_iterations=1, seed=seed,
-        max_consecutive_failed_trials=2, directory=directory, project_name="third_model",
-        overwrite=False, max_retries_per_trial=0)
-    tuner.oracle.max_trials = budget_trials
+    oracle = BudgetHyperbandOracle(
+        budget_trials, objective="val_accuracy", max_epochs=max_epochs, factor=3,
+        hyperband_iterations=1, seed=seed, max_consecutive_failed_trials=2,
+        max_retries_per_trial=0)
+    tuner = BudgetHyperband(
+        oracle, ThirdModelHypermodel(steps, max_epochs, seed, whitening_kernel(data.x_train), widths),
+        directory=directory, project_name="third_model", overwrite=False)
     tuner.search(data, epochs=max_epochs, verbose=verbose)
     if role == "worker":  # the results live with the chief
         return None, []

@@ -79,10 +79,11 @@ def test_upscaled_vgg16_finetunes_saves_and_is_reused(tmp_path, capsys):
 def test_tuner_search_stores_trials_ranked_by_validation_accuracy(tmp_path):
     dataset = small_dataset(300, 20)
     results_path = str(tmp_path / "search.json")
-    best, trials = tuning.search_third(dataset, max_epochs=1, budget_trials=2,
+    # Hyperband would train 6 models for 3 epochs at most; the budget stops it after 2.
+    best, trials = tuning.search_third(dataset, max_epochs=3, budget_trials=2,
                                        directory=str(tmp_path / "tuner"), results_path=results_path,
-                                       verbose=0)
-    assert 1 <= len(trials) <= 2
+                                       verbose=0, widths=(8,))
+    assert len(trials) == 2 and len(list((tmp_path / "tuner" / "third_model").glob("trial_*"))) == 2
     assert best["preset"] in ("tuned", "original")
     scores = [trial["val_accuracy"] for trial in trials]
     assert scores == sorted(scores, reverse=True)
