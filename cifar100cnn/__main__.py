@@ -6,6 +6,8 @@ import os
 import sys
 import time
 
+from . import environment
+
 NOTEBOOKS = ("TrainingModels.ipynb", "ThirdModel.ipynb", "TestModels.ipynb", "VisualizeModel.ipynb")
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -78,16 +80,24 @@ def output_folder(args):
     return REPO_ROOT
 
 
-def notebook_parameters(args):
-    verify = not args.no_verify and os.environ.get("CIFAR100_VERIFY", "1") != "0"
+def notebook_parameters(args, environ=None):
+    """The papermill parameters of a run: the options, completed by the environment variables
+    (``environment.archive_settings``, ``environment.vgg16_weights``); each notebook is given
+    those it declares.
+
+    Args:
+        args: the parsed ``run`` options.
+        environ: the environment (default ``os.environ``).
+    """
+    archive, verify = environment.archive_settings(args.archive, not args.no_verify, environ)
     weights = None if str(args.vgg16_weights).lower() == "none" else args.vgg16_weights
     return {
         "data_source": args.data,
-        "archive": os.path.abspath(args.archive) if args.archive else None,
+        "archive": os.path.abspath(archive) if archive else None,
         "verify_archive": verify,
         "quick": args.quick,
         "output_dir": output_folder(args),
-        "vgg16_weights": weights,
+        "vgg16_weights": environment.vgg16_weights(weights, args.quick, environ),
         "vgg16_finetune": args.vgg16_finetune,
         "vgg16_input_size": args.vgg16_input_size,
         "third_preset": args.third_preset,
@@ -128,15 +138,12 @@ def run_notebooks(args):
             continue
         print(f"\n=== {name} ===", flush=True)
         started = time.time()
-        declared = papermill.inspect_notebook(source)
         running = os.path.join(unfinished_dir, name)
         final = os.path.join(executed_dir, name)
         kept = f"{final} was left as it was." if os.path.exists(final) else ""
         try:
             papermill.execute_notebook(source, running,
-                                       parameters={key: value for key, value
-                                                   in kernel_parameters(parameters).items()
-                                                   if key in declared},
+                                       parameters=notebook_arguments(source, parameters),
                                        cwd=parameters["output_dir"],
                                        extra_arguments=KERNEL_ARGUMENTS,
                                        kernel_name="python3", progress_bar=True)
@@ -187,6 +194,16 @@ def kernel_environment(environ=None):
 
 def _joined(separator, *parts):
     return separator.join(part for part in parts if part)
+
+
+def notebook_arguments(source, parameters):
+    """What a run passes to the notebook ``source``: the ones of ``parameters`` that its
+    parameters cell declares, as its kernel sees them (``kernel_parameters``).
+    tests/test_parameters.py checks that each notebook uses all it declares."""
+    import papermill
+
+    declared = papermill.inspect_notebook(source)
+    return {key: value for key, value in kernel_parameters(parameters).items() if key in declared}
 
 
 def kernel_parameters(parameters):

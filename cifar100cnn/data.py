@@ -50,7 +50,8 @@ FINE_TO_COARSE = np.array([
 MANUAL_DOWNLOAD_HELP = (
     "Download {url} by hand (about 161 MB) on a machine with internet access, copy it here, "
     "then either pass its path as `archive=` (notebook parameter `archive`, CLI `--archive`) "
-    "or set the environment variable CIFAR100_ARCHIVE=/path/to/cifar-100-python.tar.gz."
+    "or set the environment variable CIFAR100_ARCHIVE=/path/to/cifar-100-python.tar.gz, "
+    "which the notebooks and the CLIs read."
 ).format(url=CIFAR100_URL)
 
 
@@ -85,17 +86,15 @@ class Dataset:
 def load_cifar100(archive=None, verify=True, label_mode="fine"):
     """Return ``(x_train, y_train), (x_test, y_test)``: uint8 (N, 32, 32, 3) and int64 (N,).
 
-    ``archive`` (or the environment variable ``CIFAR100_ARCHIVE``) names a local copy of the
-    official ``cifar-100-python.tar.gz``; without one, Keras downloads the dataset.
+    ``archive`` names a local copy of the official ``cifar-100-python.tar.gz``; without one,
+    Keras downloads the dataset. (The notebooks and CLIs take it from ``CIFAR100_ARCHIVE``
+    too: ``environment.archive_settings``.)
     ``verify=False`` skips the sha256 check of a local archive. ``label_mode`` is
     ``"fine"`` (100 classes) or ``"coarse"`` (20 superclasses).
     """
     if label_mode not in ("fine", "coarse"):
         raise ValueError(f"label_mode must be 'fine' or 'coarse', got {label_mode!r}")
-    archive = archive or os.environ.get("CIFAR100_ARCHIVE") or None
-    if os.environ.get("CIFAR100_VERIFY") == "0":  # as the sha256 error message promises
-        verify = False
-    if archive is None:
+    if not archive:
         return _load_with_keras(label_mode)
     arrays = read_archive(archive, verify=verify)
     key = f"{label_mode}_labels"
@@ -138,8 +137,9 @@ def read_archive(path, verify=True):
             raise DatasetError(
                 f"{path} has sha256 {actual}, but the official cifar-100-python.tar.gz has "
                 f"{CIFAR100_SHA256}. The file is damaged or not the official archive: download "
-                "it again. If you trust this copy, load it with verify=False "
-                "(environment: CIFAR100_VERIFY=0; CLI: --no-verify).")
+                "it again. If you trust this copy, load it with verify=False (notebook "
+                "parameter verify_archive=False, CLI --no-verify, or the environment variable "
+                "CIFAR100_VERIFY=0 for both).")
     else:
         warnings.warn(f"sha256 check of {path} skipped (verify=False).", stacklevel=3)
     try:

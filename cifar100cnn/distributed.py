@@ -214,7 +214,8 @@ def parse_args(argv=None):
         command.add_argument("--archive", default=None,
                              help="local cifar-100-python.tar.gz (default: $CIFAR100_ARCHIVE, "
                                   "else download)")
-        command.add_argument("--no-verify", action="store_true", help="skip the sha256 check")
+        command.add_argument("--no-verify", action="store_true",
+                             help="skip the sha256 check ($CIFAR100_VERIFY=0 does the same)")
         command.add_argument("--quick", action="store_true",
                              help="tiny synthetic data (2,000 + 500 images): a smoke test")
         command.add_argument("--limit", type=int, default=None, metavar="N",
@@ -228,10 +229,11 @@ def load_data(args):
     """The dataset the arguments name, cut to ``--limit`` images when given."""
     import dataclasses
 
-    from . import data
+    from . import data, environment
 
-    dataset = data.load_dataset(args.data, archive=args.archive, verify=not args.no_verify,
-                                quick=args.quick, seed=args.seed)
+    archive, verify = environment.archive_settings(args.archive, not args.no_verify)
+    dataset = data.load_dataset(args.data, archive=archive, verify=verify, quick=args.quick,
+                                seed=args.seed)
     if args.limit is None:
         return dataset
     if args.limit < 4:

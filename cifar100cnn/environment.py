@@ -1,4 +1,9 @@
-"""The lowest TensorFlow, Keras and NumPy this package works with, checked when it is imported.
+"""The environment the package runs in: the lowest TensorFlow, Keras and NumPy it works with,
+checked when it is imported; the environment variables that stand in for parameters.
+
+The variables (``CIFAR100_ARCHIVE``, ``CIFAR100_VERIFY``, ``VGG16_WEIGHTS``) are read here only,
+by the edges that take parameters from a user: the CLIs and the notebooks' first code cells.
+Library functions take explicit arguments and never read them.
 
 Colab and other ready-made environments come with their own Keras. One older than ``MINIMUM``
 cannot read the committed models (Keras 3.14 and older reject the initializers' config that
@@ -117,3 +122,47 @@ def check_versions():
             raise EnvironmentVersionError(
                 message + f"\n  (Set {SKIP_VARIABLE}=1 to go on anyway, at your own risk.)")
     return found
+
+
+ARCHIVE_VARIABLE = "CIFAR100_ARCHIVE"  # a local cifar-100-python.tar.gz
+VERIFY_VARIABLE = "CIFAR100_VERIFY"  # "0": skip the archive's sha256 check
+WEIGHTS_VARIABLE = "VGG16_WEIGHTS"  # a local vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5
+
+
+def archive_settings(archive=None, verify=True, environ=None):
+    """The CIFAR-100 archive to read and whether to check its sha256, from the parameters
+    completed by the environment.
+
+    Args:
+        archive: a local ``cifar-100-python.tar.gz``, or None (default): ``$CIFAR100_ARCHIVE``
+            when set, else None (Keras downloads the dataset).
+        verify: check the archive against the official sha256 (default True);
+            ``CIFAR100_VERIFY=0`` turns the check off.
+        environ: the environment (default ``os.environ``).
+
+    Returns:
+        ``(archive, verify)``.
+    """
+    environ = os.environ if environ is None else environ
+    archive = archive or environ.get(ARCHIVE_VARIABLE) or None
+    return archive, bool(verify) and environ.get(VERIFY_VARIABLE, "1") != "0"
+
+
+def vgg16_weights(weights="imagenet", quick=False, environ=None):
+    """The VGG16 weights to use, from the parameter completed by the environment.
+
+    Args:
+        weights: "imagenet" (default), a local ``.h5`` file, or None (random weights).
+        quick: a smoke test (default False): "imagenet" means random weights, neither a
+            58 MB download nor ``$VGG16_WEIGHTS``.
+        environ: the environment (default ``os.environ``).
+
+    Returns:
+        ``weights``, except "imagenet": None in quick mode, else ``$VGG16_WEIGHTS`` when set.
+    """
+    environ = os.environ if environ is None else environ
+    if weights != "imagenet":
+        return weights
+    if quick:
+        return None
+    return environ.get(WEIGHTS_VARIABLE) or weights

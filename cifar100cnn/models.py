@@ -391,8 +391,9 @@ VGG16_WEIGHTS_HELP = (
     "The ImageNet weights of VGG16 could not be downloaded. On a machine with internet "
     "access, download vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5 (58 MB) from "
     "https://storage.googleapis.com/tensorflow/keras-applications/vgg16/ , copy it here and "
-    "pass its path as `vgg16_weights=` (notebook parameter) or set the environment variable "
-    "VGG16_WEIGHTS=/path/to/vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5.")
+    "pass its path as `vgg16_weights=` (notebook parameter; CLI --vgg16-weights) or set the "
+    "environment variable VGG16_WEIGHTS=/path/to/vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5, "
+    "which the notebooks and the CLI read.")
 
 
 class WeightsUnavailableError(RuntimeError):
@@ -400,9 +401,7 @@ class WeightsUnavailableError(RuntimeError):
 
 
 def resolve_vgg16_weights(weights="imagenet"):
-    """``"imagenet"`` unless ``VGG16_WEIGHTS`` names a local file; check a given file exists."""
-    if weights == "imagenet" and os.environ.get("VGG16_WEIGHTS"):
-        weights = os.environ["VGG16_WEIGHTS"]
+    """``weights`` ("imagenet", None or a local file), checked: a given file must exist."""
     if weights not in ("imagenet", None) and not os.path.isfile(weights):
         raise WeightsUnavailableError(f"VGG16 weights file not found: {weights!r}.\n"
                                       + VGG16_WEIGHTS_HELP)

@@ -38,13 +38,16 @@ OFFICIAL_SUPERCLASSES = {
 }
 
 
-def test_environment_variable_names_the_archive(tmp_path, monkeypatch):
+def test_a_local_archive_is_read_and_the_environment_is_not(tmp_path, monkeypatch):
     path = tmp_path / "local.tar.gz"
     written = fake_cifar.write_fake_archive(path, n_train=10, n_test=5)
-    monkeypatch.setenv("CIFAR100_ARCHIVE", str(path))
     with pytest.warns(UserWarning):
-        (x_train, _), _ = data.load_cifar100(verify=False)
+        (x_train, _), _ = data.load_cifar100(path, verify=False)
     np.testing.assert_array_equal(x_train, written["x_train"])
+    # $CIFAR100_ARCHIVE is for the notebooks and CLIs (environment.archive_settings).
+    monkeypatch.setenv("CIFAR100_ARCHIVE", str(path))
+    monkeypatch.setattr(data, "_load_with_keras", lambda label_mode: "downloaded")
+    assert data.load_cifar100(verify=False) == "downloaded"
 
 
 def test_the_archive_is_checked_against_the_published_sha256(tmp_path, monkeypatch):

@@ -229,16 +229,16 @@ def test_offline_imagenet_weights_give_instructions(monkeypatch):
         models.build_vgg16_base("imagenet")
 
 
-def test_weights_file_from_environment(tmp_path, monkeypatch):
+def test_weights_file_is_read_and_the_environment_is_not(tmp_path, monkeypatch):
     weights_file = tmp_path / "vgg16_notop.weights.h5"
     models.build_vgg16_base(weights=None).save_weights(weights_file)
-    monkeypatch.setenv("VGG16_WEIGHTS", str(weights_file))
-    assert models.resolve_vgg16_weights("imagenet") == str(weights_file)
-    base = models.build_vgg16_base("imagenet")
+    base = models.build_vgg16_base(str(weights_file))
     assert base.count_params() == 14_714_688
-    monkeypatch.setenv("VGG16_WEIGHTS", str(tmp_path / "missing.h5"))
     with pytest.raises(models.WeightsUnavailableError, match="not found"):
-        models.build_vgg16_base("imagenet")
+        models.build_vgg16_base(str(tmp_path / "missing.h5"))
+    # $VGG16_WEIGHTS is for the notebooks and the CLI (environment.vgg16_weights).
+    monkeypatch.setenv("VGG16_WEIGHTS", str(weights_file))
+    assert models.resolve_vgg16_weights("imagenet") == "imagenet"
 
 
 def test_forward_flops_counts_conv_and_dense_multiply_adds():
