@@ -41,6 +41,11 @@ def parse_args(argv=None):
                      choices=("auto", "float32", "mixed_float16", "mixed_bfloat16"),
                      help="training precision (default auto: mixed_float16 on a GPU, mixed_bfloat16 "
                           "on CPUs with AMX or AVX512-BF16, else float32); saved models are float32")
+    run.add_argument("--force-gpu-paths", action="store_true",
+                     help="train with every GPU-only path at once, also on a CPU: mixed_float16 "
+                          "with loss scaling, XLA, augmentation inside the model, "
+                          "MirroredStrategy (over 2 logical devices on a CPU); a check that they "
+                          "work together (with --quick: minutes)")
     run.add_argument("--retrain", action="store_true", help="train again even if a model exists")
     run.add_argument("--seed", type=int, default=0)
     run.add_argument("--notebooks", nargs="*", default=list(NOTEBOOKS),
@@ -103,6 +108,7 @@ def notebook_parameters(args, environ=None):
         "third_preset": args.third_preset,
         "retrain": args.retrain,
         "precision": args.precision,
+        "force_gpu_paths": args.force_gpu_paths,
         "seed": args.seed,
         "keras_verbose": 2,  # one line per epoch keeps the executed copies small
     }

@@ -92,6 +92,35 @@ def test_rerun_reuses_finished_models(quick_run):
     assert "Reusing" in outputs_text(quick_run / "executed" / "TrainingModels.ipynb")
 
 
+@pytest.mark.slow
+def test_forced_gpu_paths_train_together_and_end_in_float32_models(tmp_path):
+    """ThirdModel in quick mode with ``--force-gpu-paths``: the third model (the original
+    recipe: rotations, flips, shifts and dropout) trains with mixed_float16 (loss scaling),
+    augmentation inside the model and XLA asked for, mirrored over 2 logical CPU devices
+    (one GPU: XLA on one replica). About a minute; the tuned recipe at full width would take
+    many in float16 on a CPU."""
+    import keras
+    import tensorflow as tf
+
+    result = run_pipeline(tmp_path, "--force-gpu-paths", "--third-preset", "original",
+                          "--notebooks", "ThirdModel.ipynb")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    text = outputs_text(tmp_path / "executed" / "ThirdModel.ipynb")
+    assert "precision mixed_float16" in text
+    if not tf.config.list_physical_devices("GPU"):
+        assert "strategy MirroredStrategy with 2 replica(s)" in text
+    assert ("GPU paths forced: XLA (jit_compile), augmentation inside the model, "
+            "mixed precision (mixed_float16)") in text
+    # XLA cannot read variables across logical CPU devices: there, only XLA may be dropped.
+    fallbacks = [line for line in text.splitlines() if "the fast path failed" in line]
+    assert all(line.endswith("with XLA (jit_compile) turned off.") for line in fallbacks)
+    keras.mixed_precision.set_global_policy("float32")
+    model = artifacts.load_model(artifacts.model_path("third", tmp_path / "models"))
+    assert {w.dtype for w in model.weights} == {"float32"}
+    assert {layer.dtype_policy.name for layer in model.layers} == {"float32"}
+    assert model.count_params() == 643_492  # the original recipe's network, no augmentation
+
+
 def test_quick_and_synthetic_runs_never_write_over_the_cifar100_models(tmp_path):
     from cifar100cnn.__main__ import REPO_ROOT, notebook_parameters, parse_args
 
