@@ -169,7 +169,7 @@ def one_hot(y):
 
 def original_vgg16_runner(x, y, size, work_dir):
     """One epoch the original's way on a sample: float64 x/255, one-hot labels, batch 100."""
-    from cifar100cnn.models import build_vgg16_base, build_vgg16_head
+    from cifar100cnn.transfer import build_vgg16_base, build_vgg16_head
 
     n_train, n_val = size["vgg_train"], size["vgg_train"] // 4
     x_float = x[:n_train + n_val] / 255.0  # float64, as the original held it
@@ -182,8 +182,9 @@ def original_vgg16_runner(x, y, size, work_dir):
 
 def head_runner(features, y, work_dir, steps_per_execution=None):
     """One head epoch on cached features at full size (40,000 / 10,000): no scaling."""
-    from cifar100cnn.models import RECIPES, build_vgg16_head
-    from cifar100cnn.training import compile_model, feature_pipeline
+    from cifar100cnn.models import RECIPES
+    from cifar100cnn.optimization import compile_model
+    from cifar100cnn.transfer import build_vgg16_head, feature_pipeline
 
     recipe = RECIPES["vgg16"]
     train = np.resize(features, (N_TRAIN,) + features.shape[1:])
@@ -199,8 +200,8 @@ def head_runner(features, y, work_dir, steps_per_execution=None):
 
 def extraction_runners(x, n):
     """The one-time feature pass: the package's predict_in_batches, and Keras' predict."""
-    from cifar100cnn.models import build_vgg16_base
-    from cifar100cnn.training import predict_in_batches, vgg16_feature_extractor
+    from cifar100cnn.inference import predict_in_batches
+    from cifar100cnn.transfer import build_vgg16_base, vgg16_feature_extractor
 
     extractor = vgg16_feature_extractor(build_vgg16_base(weights=None))
     features = predict_in_batches(extractor, x[:n])
@@ -285,7 +286,7 @@ def measure_augmentation(x, y, size):
     """Images/s of one pass of augmented batches: the legacy generator, the package's tf.data
     pipeline, and the same pipeline with three Keras layers."""
     from cifar100cnn.data import make_pipeline
-    from cifar100cnn.models import build_augmentation
+    from cifar100cnn.augment import build_augmentation
 
     n = size["aug"]
     batches, legacy_name = legacy_generator_batches(x[:n] / 255.0, one_hot(y[:n]))
@@ -391,7 +392,8 @@ def image_model_runner(name, x, y, size, work_dir, build=None, augment_on="auto"
     its augmentation placed as ``training.train_image_model`` places it."""
     from cifar100cnn.data import make_pipeline
     from cifar100cnn.models import RECIPES
-    from cifar100cnn.training import compile_model, model_to_train, pipeline_augmentation
+    from cifar100cnn.augment import model_to_train, pipeline_augmentation
+    from cifar100cnn.optimization import compile_model
 
     recipe = RECIPES[name]
     n_train = size["model_train"] // HEAVY.get(name, 1)
@@ -427,7 +429,7 @@ def measure_image_model(name, x, y, size, work_dir):
 
 def measure_inference(model, x, size):
     """Images/s of the package's predict_in_batches and of Keras' compiled predict."""
-    from cifar100cnn.training import predict_in_batches
+    from cifar100cnn.inference import predict_in_batches
 
     n = size["infer"]
     package_s = median_seconds(lambda: predict_in_batches(model, x[:n]), size["repeats"])
@@ -437,7 +439,8 @@ def measure_inference(model, x, size):
 
 
 def measure_vgg16_inference(x, size):
-    from cifar100cnn.models import build_vgg16, forward_flops
+    from cifar100cnn.models import forward_flops
+    from cifar100cnn.transfer import build_vgg16
 
     model = build_vgg16(weights=None)
     small = dict(size, infer=min(size["infer"], size["vgg_extract"]),
@@ -455,7 +458,7 @@ def third_tuned_variants():
     puts it."""
     import keras
     from cifar100cnn.models import RECIPES, build_third_tuned
-    from cifar100cnn.training import augment_in_model
+    from cifar100cnn.augment import augment_in_model
 
     policy = keras.mixed_precision.global_policy().name
     package = f"package ({policy})"
@@ -621,7 +624,7 @@ def measure_all(mode, command, cli_skipped=None, full_timeout=None):
         A dict of plain numbers and strings, as ``bench_report.render`` takes it.
     """
     from cifar100cnn.data import make_synthetic
-    from cifar100cnn.training import configure_hardware
+    from cifar100cnn.hardware import configure_hardware
 
     size = SIZES[mode]
     _, hardware = configure_hardware()  # the package's precision policy (mixed on a GPU)

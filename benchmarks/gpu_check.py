@@ -82,12 +82,12 @@ def quick_pipeline(data, strategy, folder, dry):
     """One epoch of each model with every GPU path forced; each saved model is loaded in
     safe mode and must be float32. Returns a result row. Dry: the third model's original
     recipe alone (it has every path; XLA compilation costs a CPU 5-15 s per model)."""
-    from cifar100cnn import artifacts, training
+    from cifar100cnn import artifacts, hardware, training
 
     started, fallbacks, loaded = time.perf_counter(), [], 0
     build = builders(data, dry)
     chosen = IMAGE_MODELS[2:3] if dry else IMAGE_MODELS
-    with training.precision_policy("mixed_float16"):
+    with hardware.precision_policy("mixed_float16"):
         for name, recipe in chosen:
             _, fell = quietly(training.train_image_model, name, build[name], data, recipe,
                               folder, epochs=1, strategy=strategy, verbose=0,
@@ -122,10 +122,10 @@ def two_epochs(name, recipe, build, data, strategy, folder):
 
 def vgg16_epochs(data, strategy, folder):
     """VGG16 (random weights: the speed is the same): features once, then 2 head epochs."""
-    from cifar100cnn import training
+    from cifar100cnn import transfer
 
     started = time.perf_counter()
-    (_, history), fell = quietly(training.train_vgg16, data, weights=None, models_dir=folder,
+    (_, history), fell = quietly(transfer.train_vgg16, data, weights=None, models_dir=folder,
                                  epochs=2, strategy=strategy, verbose=0)
     total = time.perf_counter() - started
     features = total - sum(history["seconds"])
@@ -176,10 +176,10 @@ def load_data(args):
 
 def run_check(args):
     from cifar100cnn import data as data_module
-    from cifar100cnn import training
+    from cifar100cnn.hardware import configure_hardware
 
     clock = Clock(args.budget)
-    strategy, hardware = training.configure_hardware("auto")
+    strategy, hardware = configure_hardware("auto")
     rows = [dict(step="hardware", note=hardware)]
     data = load_data(args)
     rows.append(dict(step="data", seconds=clock.elapsed(), note=data.describe()))

@@ -63,14 +63,14 @@ def time_recipe(recipe_name, precision, x, y, steps):
     """Seconds per training step and per validation image for one recipe and precision."""
     import keras
 
-    from cifar100cnn import data, models
+    from cifar100cnn import augment, data, models
     from cifar100cnn.optimization import compile_model
 
     keras.mixed_precision.set_global_policy(precision)
     recipe = models.RECIPES[recipe_name]
     model = build(recipe_name, x)
-    augment = models.build_augmentation(recipe["augmentation"], seed=0)
-    train = data.make_pipeline(x, y, recipe["batch_size"], shuffle=True, augment=augment)
+    augmentation = augment.build_augmentation(recipe["augmentation"], seed=0)
+    train = data.make_pipeline(x, y, recipe["batch_size"], shuffle=True, augment=augmentation)
     compile_model(model, recipe, steps, recipe["epochs"])
     model.fit(train, steps_per_epoch=2, epochs=1, verbose=0)  # warm-up: tracing, oneDNN set-up
     start = time.perf_counter()
@@ -209,12 +209,12 @@ def precision_check(args):
 
 def budget(args):
     """Train ``args.recipe`` for ``args.epochs`` epochs on real CIFAR-100 and test it once."""
-    from cifar100cnn import data, evaluation, models, training
+    from cifar100cnn import data, hardware, inference, models, training
 
     import keras
     import tensorflow as tf
 
-    training.configure_hardware(precision=args.precision)
+    hardware.configure_hardware(precision=args.precision)
     precision = keras.mixed_precision.global_policy().name
     bf16 = sorted(training.cpu_flags() & set(training.BF16_CPU_FLAGS))
     hardware = f"{os.cpu_count()} CPU cores ({', '.join([cpu_name(), *bf16])})"
@@ -228,7 +228,7 @@ def budget(args):
     model, history = training.train_image_model("third", builder, dataset, args.recipe, args.work,
                                                 epochs=args.epochs, verbose=2)
     wall = time.perf_counter() - start
-    probabilities = training.predict_in_batches(model, dataset.x_test)
+    probabilities = inference.predict_in_batches(model, dataset.x_test)
     test_top1 = float((probabilities.argmax(1) == dataset.y_test.ravel()).mean())
     run = dict(recipe=args.recipe, epochs=args.epochs, test_top1=round(test_top1, 4),
                val_top1=round(float(history["val_accuracy"][-1]), 4),

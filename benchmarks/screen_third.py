@@ -20,7 +20,7 @@ import keras
 import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-from cifar100cnn import data, models  # noqa: E402
+from cifar100cnn import augment, data, models  # noqa: E402
 from cifar100cnn.optimization import compile_model  # noqa: E402
 
 OLD = dict(arch="resnet9", width=32, dropout=0.2, epochs=30, batch_size=128, optimizer="sgd",
@@ -74,9 +74,9 @@ def build(c, x_train):
 def run(name, c, d, seed=0):
     keras.utils.set_random_seed(seed)
     model = build(c, d["x_train"])
-    augment = models.build_augmentation(c["augmentation"], seed=seed, xla=True)
+    augmentation = augment.build_augmentation(c["augmentation"], seed=seed, xla=True)
     inputs = keras.Input(shape=(32, 32, 3))
-    trainee = keras.Model(inputs, model(augment(inputs)))
+    trainee = keras.Model(inputs, model(augmentation(inputs)))
     steps = -(-len(d["x_train"]) // c["batch_size"])
     compile_model(trainee, c, steps, c["epochs"])
     times = []

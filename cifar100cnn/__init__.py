@@ -1,9 +1,10 @@
 """CIFAR-100 classification with Keras 3: data, models, training, evaluation, visualization.
 
-Modules: ``data`` (loading, split, synthetic data, tf.data), ``models`` (the four models and
-their recipes), ``training`` (fit with checkpoints/resume, VGG16 features), ``tuning``
-(keras-tuner search), ``artifacts`` (atomic saves, safe loads), ``evaluation`` and
-``visualization``.
+Modules: ``data`` (loading, split, synthetic data, tf.data), ``hardware`` (devices,
+precision, seeds), ``models`` (the four models and their recipes), ``augment``
+(``RandomAffine`` and its presets), ``transfer`` (VGG16), ``optimization``, ``training`` (fit
+with checkpoints/resume), ``inference``, ``tuning`` (keras-tuner search), ``artifacts``
+(atomic saves, safe loads), ``evaluation`` and ``visualization``.
 """
 
 __version__ = "0.1.0"

@@ -112,7 +112,7 @@ def calibrate_models(models, x_val, y_val, y_test, probabilities, batch_size=500
     Returns:
         A list of ``Calibration``, in the order of ``models``.
     """
-    from .training import predict_in_batches
+    from .inference import predict_in_batches
 
     return [calibrate(name, y_val, predict_in_batches(model, x_val, batch_size, f"validation {name}"),
                       y_test, probabilities[name]) for name, model in models.items()]

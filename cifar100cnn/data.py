@@ -431,7 +431,7 @@ def indexed_batches(arrays, batch_size, shuffle=False, seed=0):
 def make_pipeline(x, y=None, batch_size=100, shuffle=False, augment=None, seed=0):
     """uint8 arrays -> batched, prefetched ``tf.data.Dataset`` of ``(images, labels)``.
 
-    ``augment`` is an optional Keras layer (e.g. ``models.RandomAffine``) applied per batch
+    ``augment`` is an optional Keras layer (e.g. ``augment.RandomAffine``) applied per batch
     in parallel map calls. Without ``y`` the elements are the image batches alone.
     """
     import tensorflow as tf

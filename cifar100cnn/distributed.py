@@ -98,20 +98,6 @@ def for_multi_worker(model):
     return MultiWorkerTrainee(inputs, model(inputs), name=f"{model.name}_multi_worker")
 
 
-def set_precision(precision="auto"):
-    """Set the global dtype policy as ``training.configure_hardware`` would, without making
-    a strategy of its own; returns the policy's name."""
-    from . import training
-
-    if precision not in training.PRECISIONS:
-        raise ValueError(f"precision must be one of {training.PRECISIONS}, got {precision!r}")
-    if precision == "auto":
-        precision = training.auto_precision(tf.config.list_physical_devices("GPU"),
-                                            training.cpu_flags())
-    keras.mixed_precision.set_global_policy(precision)
-    return precision
-
-
 def builder(name, data):
     """The function that builds model ``name`` and its recipe's name."""
     from . import models
@@ -142,7 +128,7 @@ def train(name, data, models_dir="models", epochs=None, seed=0, precision="auto"
         models_dir: where the chief writes the model, its history and its checkpoints.
         epochs: default: the recipe's.
         seed: the same on every worker.
-        precision: as in ``training.configure_hardware``.
+        precision: as in ``hardware.configure_hardware``.
         verbose: Keras verbosity on the chief (the other workers are silent).
 
     Returns:
@@ -150,8 +136,9 @@ def train(name, data, models_dir="models", epochs=None, seed=0, precision="auto"
     """
     chief = is_chief()
     strategy = tf.distribute.MultiWorkerMirroredStrategy()
-    set_precision(precision)
-    from . import artifacts, training
+    from . import artifacts, hardware, training
+
+    hardware.set_precision(precision)
 
     build, recipe = builder(name, data)
     if chief:  # an earlier, interrupted run must not be resumed by the chief alone

@@ -33,7 +33,7 @@ def load_models(models_dir="models", names=None):
 
 def predict_timed(model, x, batch_size=500):
     """Softmax probabilities (float32) and the throughput in images per second."""
-    from .training import predict_in_batches
+    from .inference import predict_in_batches
 
     model(x[:min(len(x), batch_size)], training=False)  # warm-up: exclude one-off set-up
     start = time.perf_counter()
@@ -65,7 +65,7 @@ def tta_views(x, translate=0):
 def predict_tta(model, x, batch_size=500, translate=0):
     """Probabilities averaged over ``tta_views(x, translate)`` (horizontal flip, and shifts
     when ``translate`` > 0)."""
-    from .training import predict_in_batches
+    from .inference import predict_in_batches
 
     views = tta_views(x, translate)
     total = sum(predict_in_batches(model, view, batch_size, f"TTA {model.name} {i + 1}/{len(views)}")
@@ -302,7 +302,7 @@ def pick_examples(y_true, proba, n_right=4, n_wrong=4, seed=0):
 
 def saved_or_predicted(name, model, x_test, arrays_dir="arrays"):
     """The probabilities TestModels.ipynb saved for ``name`` when they fit ``x_test``, else predict."""
-    from .training import predict_in_batches
+    from .inference import predict_in_batches
 
     path = proba_path(name, arrays_dir)
     if os.path.exists(path):

@@ -7,17 +7,12 @@ with ``keras.models.load_model(path)`` under ``safe_mode=True`` and needs no cus
 Each recipe's hyperparameters live in ``RECIPES`` below, in one place.
 """
 
-import os
-
 import keras
 import numpy as np
 from keras import layers
 
 from .data import IMAGE_SHAPE, NUM_CLASSES
 
-# VGG16's own ("caffe") preprocessing: RGB -> BGR, then subtract the ImageNet BGR mean.
-VGG16_BGR_MEAN = (103.939, 116.779, 123.68)
-VGG16_BASE_PARAMS = 14_714_688
 
 # One place for every recipe's training hyperparameters.
 # steps_per_execution runs several batches per call into TensorFlow: it pays off where the
@@ -51,7 +46,8 @@ RECIPES = {
 THIRD_PRESETS = ("tuned", "original")
 
 
-def _inputs(name="image"):
+def image_input(name="image"):
+    """The input of every model: raw 32x32x3 images."""
     return keras.Input(shape=IMAGE_SHAPE, name=name)
 
 
@@ -59,20 +55,21 @@ def _rescale(inputs):
     return layers.Rescaling(1.0 / 255, name="rescale_0_1")(inputs)
 
 
-def _classifier(x, name="predictions"):
+def classifier(x, name="predictions"):
+    """The 100-way softmax every model ends with."""
     # float32 output keeps softmax stable under mixed precision.
     return layers.Dense(NUM_CLASSES, activation="softmax", dtype="float32", name=name)(x)
 
 
 def build_baseline():
     """Conv32 -> pool -> Dense256 -> Dense100: 1,870,052 parameters."""
-    inputs = _inputs()
+    inputs = image_input()
     x = _rescale(inputs)
     x = layers.Conv2D(32, 3, activation="relu")(x)
     x = layers.MaxPooling2D(2)(x)
     x = layers.Flatten()(x)
     x = layers.Dense(256, activation="relu")(x)
-    return keras.Model(inputs, _classifier(x), name="baseline")
+    return keras.Model(inputs, classifier(x), name="baseline")
 
 
 def _original_conv_base(x):
@@ -86,20 +83,20 @@ def _original_conv_base(x):
 
 def build_overfit():
     """Conv32-pool-Conv64-pool-Conv128 -> Dense512 -> Dense256 -> Dense100: 1,299,364 parameters."""
-    inputs = _inputs()
+    inputs = image_input()
     x = _original_conv_base(_rescale(inputs))
     x = layers.Dense(512, activation="relu")(x)
     x = layers.Dense(256, activation="relu")(x)
-    return keras.Model(inputs, _classifier(x), name="overfit")
+    return keras.Model(inputs, classifier(x), name="overfit")
 
 
 def build_third_original():
     """The original third model: the overfit conv base, Dropout(0.5), Dense256: 643,492 parameters."""
-    inputs = _inputs()
+    inputs = image_input()
     x = _original_conv_base(_rescale(inputs))
     x = layers.Dropout(0.5)(x)
     x = layers.Dense(256, activation="relu")(x)
-    return keras.Model(inputs, _classifier(x), name="third_original")
+    return keras.Model(inputs, classifier(x), name="third_original")
 
 
 def _conv_bn(x, filters, pool=False):
@@ -122,7 +119,7 @@ def build_resnet9(width=32, dropout=0.2):
     depending on the CPU: see docs/BENCHMARKS.md); 16 is about four times cheaper; 64 (6.6 M)
     suits GPUs.
     """
-    inputs = _inputs()
+    inputs = image_input()
     x = _standardize(inputs)
     x = _conv_bn(x, width)
     x = _conv_bn(x, 2 * width, pool=True)
@@ -132,7 +129,7 @@ def build_resnet9(width=32, dropout=0.2):
     x = _residual(x, 8 * width)
     x = layers.GlobalMaxPooling2D()(x)
     x = layers.Dropout(dropout)(x)
-    return keras.Model(inputs, _classifier(x), name="resnet9")
+    return keras.Model(inputs, classifier(x), name="resnet9")
 
 
 CIFAR100_MEAN = (0.5071, 0.4865, 0.4409)
@@ -193,7 +190,7 @@ def build_third_tuned(widths=(128, 256, 512), whitening=None, activation="relu",
         logit_scale: factor on the logits before the softmax (default 1/9).
         dropout: dropout rate before the classifier (default 0).
     """
-    inputs = _inputs()
+    inputs = image_input()
     x = _standardize(inputs)
     whiten = layers.Conv2D(24, 2, padding="valid", name="whiten", trainable=False)
     x = whiten(x)
@@ -227,262 +224,6 @@ def build_third(preset="tuned", whitening_images=None, **overrides):
         whitening = None if whitening_images is None else whitening_kernel(whitening_images)
         return build_third_tuned(**{"widths": recipe["widths"], "whitening": whitening, **overrides})
     raise ValueError(f"unknown third-model preset {preset!r}; expected one of {THIRD_PRESETS}")
-
-
-# ---------------------------------------------------------------------------
-# Augmentation
-# ---------------------------------------------------------------------------
-
-# Each preset: rotation range (degrees), shift range (fraction of the side), flips, fill.
-AUGMENTATIONS = {
-    # The original's ImageDataGenerator: rotation 40, shifts 0.2, vertical flip, nearest fill.
-    "original": dict(rotation=40.0, shift=0.2, horizontal_flip=False, vertical_flip=True,
-                 fill_mode="nearest"),
-    # What suits natural images: mirror and shifts of up to 4 pixels.
-    # Ours (as in the speed records): mirror and whole-pixel shifts of up to 2 pixels.
-    "tuned": dict(rotation=0.0, shift=2 / 32, horizontal_flip=True, vertical_flip=False,
-                  fill_mode="reflect", whole_pixels=True),
-    # The ResNet-9 recipe's: mirror and shifts of up to 4 pixels (bilinear).
-    "resnet9": dict(rotation=0.0, shift=0.125, horizontal_flip=True, vertical_flip=False,
-                    fill_mode="reflect"),
-}
-
-
-def affine_transforms(angles, shifts_x, shifts_y, flips_x, flips_y, height, width):
-    """Per-image rows ``[a0, a1, a2, b0, b1, b2, 0, 0]`` for ``keras.ops.image.affine_transform``.
-
-    Output pixel (x, y) reads the input at ``R(angle) F (p - centre) + centre + shift``, where
-    F multiplies x and y by the flips (+1 or -1): rotation, flips and shifts in one resampling.
-    """
-    ops = keras.ops
-    cos, sin = ops.cos(angles), ops.sin(angles)
-    a0, a1 = cos * flips_x, -sin * flips_y
-    b0, b1 = sin * flips_x, cos * flips_y
-    cx, cy = (width - 1) / 2, (height - 1) / 2
-    a2 = cx - a0 * cx - a1 * cy + shifts_x
-    b2 = cy - b0 * cx - b1 * cy + shifts_y
-    zeros = ops.zeros_like(angles)
-    return ops.stack([a0, a1, a2, b0, b1, b2, zeros, zeros], axis=1)
-
-
-def fill_coordinates(coords, size, fill_mode):
-    """Source coordinates outside ``[0, size - 1]`` brought inside, as TensorFlow's image
-    transform does: "nearest" clamps, "reflect" mirrors about the edge (d c b a | a b c d)."""
-    ops = keras.ops
-    if fill_mode == "reflect":
-        coords = ops.mod(coords, 2.0 * size)
-        coords = ops.where(coords >= size, 2.0 * size - 1.0 - coords, coords)
-    elif fill_mode != "nearest":
-        raise ValueError(f"fill_mode must be 'nearest' or 'reflect', got {fill_mode!r}")
-    return ops.clip(coords, 0.0, size - 1.0)
-
-
-def resample_affine(images, transforms, fill_mode="nearest"):
-    """``keras.ops.image.affine_transform`` (bilinear, no perspective) from gathers alone.
-
-    TensorFlow 2.21 has no XLA kernel for its affine-transform op; this version compiles, so
-    augmentation inside a model does not keep the training step from XLA on a GPU.
-    """
-    ops = keras.ops
-    n = ops.shape(images)[0]
-    height, width, channels = images.shape[1], images.shape[2], images.shape[3]
-    ys, xs = ops.meshgrid(ops.arange(height, dtype="float32"), ops.arange(width, dtype="float32"),
-                          indexing="ij")
-    a0, a1, a2, b0, b1, b2 = (transforms[:, i, None, None] for i in range(6))
-    src_x = fill_coordinates(a0 * xs + a1 * ys + a2, width, fill_mode)
-    src_y = fill_coordinates(b0 * xs + b1 * ys + b2, height, fill_mode)
-    x0, y0 = ops.floor(src_x), ops.floor(src_y)
-    wx, wy = ops.reshape(src_x - x0, (-1, 1)), ops.reshape(src_y - y0, (-1, 1))
-    x0, y0 = ops.cast(x0, "int32"), ops.cast(y0, "int32")
-    # At the last row/column the far neighbour has weight 0: clamping it is harmless.
-    x1, y1 = ops.minimum(x0 + 1, width - 1), ops.minimum(y0 + 1, height - 1)
-    pixels = ops.reshape(images, (-1, channels))
-    first = ops.reshape(ops.arange(n, dtype="int32") * (height * width), (-1, 1, 1))
-
-    def gather(y, x):
-        return ops.take(pixels, ops.reshape(first + y * width + x, (-1,)), axis=0)
-
-    top = gather(y0, x0) * (1 - wx) + gather(y0, x1) * wx
-    bottom = gather(y1, x0) * (1 - wx) + gather(y1, x1) * wx
-    return ops.reshape(top * (1 - wy) + bottom * wy, (n, height, width, channels))
-
-
-@keras.saving.register_keras_serializable(package="cifar100cnn")
-class RandomAffine(layers.Layer):
-    """Random rotation, shifts and flips composed into ONE affine transform per image.
-
-    Three separate Keras layers (RandomRotation, RandomTranslation, RandomFlip) resample each
-    image three times; this resamples it once (bilinear), about twice as fast in tf.data.
-    ``xla=True`` resamples with gathers (``resample_affine``) so that XLA can compile it,
-    inside a model on a GPU; in tf.data on a CPU TensorFlow's own kernel is about 1.5x faster.
-    Ranges follow ImageDataGenerator: angle ~ U(-rotation, rotation) degrees, shift ~
-    U(-shift, shift) x side, each flip with probability 1/2.
-    """
-
-    def __init__(self, rotation=0.0, shift=0.0, horizontal_flip=False, vertical_flip=False,
-                 fill_mode="nearest", seed=None, xla=False, whole_pixels=False, **kwargs):
-        super().__init__(**kwargs)
-        self.rotation, self.shift = float(rotation), float(shift)
-        # Whole-pixel shifts (without rotation) move pixels exactly: no bilinear blur.
-        self.whole_pixels = bool(whole_pixels)
-        self.horizontal_flip, self.vertical_flip = bool(horizontal_flip), bool(vertical_flip)
-        self.fill_mode, self.seed, self.xla = fill_mode, seed, bool(xla)
-        self.seed_generator = keras.random.SeedGenerator(seed)
-        # TensorFlow 2.21 has no XLA kernel for its affine transform.
-        self.supports_jit = self.xla
-
-    def _uniform(self, n, limit):
-        return keras.random.uniform((n,), -limit, limit, seed=self.seed_generator)
-
-    def _shifts(self, n, side):
-        if not self.whole_pixels:
-            return self._uniform(n, self.shift) * side
-        most = np.floor(self.shift * side)  # -most .. most pixels, each equally likely
-        return keras.ops.floor(keras.random.uniform((n,), -most, most + 1, seed=self.seed_generator))
-
-    def _flips(self, n, enabled):
-        if not enabled:
-            return keras.ops.ones((n,))
-        coin = keras.random.uniform((n,), seed=self.seed_generator)
-        return keras.ops.where(coin < 0.5, -1.0, 1.0)
-
-    def call(self, images, training=True):
-        if not training:
-            return images
-        n = keras.ops.shape(images)[0]
-        height, width = images.shape[1], images.shape[2]
-        transforms = affine_transforms(
-            self._uniform(n, self.rotation * np.pi / 180),
-            self._shifts(n, width), self._shifts(n, height),
-            self._flips(n, self.horizontal_flip), self._flips(n, self.vertical_flip),
-            height, width)
-        if self.xla:
-            return resample_affine(images, transforms, self.fill_mode)
-        return keras.ops.image.affine_transform(images, transforms, interpolation="bilinear",
-                                                fill_mode=self.fill_mode)
-
-    def compute_output_shape(self, input_shape):
-        return input_shape
-
-    def get_config(self):
-        return {**super().get_config(), "rotation": self.rotation, "shift": self.shift,
-                "horizontal_flip": self.horizontal_flip, "vertical_flip": self.vertical_flip,
-                "fill_mode": self.fill_mode, "seed": self.seed, "xla": self.xla,
-                "whole_pixels": self.whole_pixels}
-
-
-def build_augmentation(kind, seed=0, xla=False):
-    """The random transform applied to training batches (or None): in tf.data, or with
-    ``xla=True`` as the first layer of the model being trained."""
-    if kind is None:
-        return None
-    if kind not in AUGMENTATIONS:
-        raise ValueError(f"unknown augmentation {kind!r}; expected None or one of {list(AUGMENTATIONS)}")
-    # float32 even under mixed precision: the random angles and shifts are float32.
-    return RandomAffine(**AUGMENTATIONS[kind], seed=seed, xla=xla, name=f"augment_{kind}",
-                        dtype="float32")
-
-
-# ---------------------------------------------------------------------------
-# VGG16 transfer
-# ---------------------------------------------------------------------------
-
-VGG16_WEIGHTS_HELP = (
-    "The ImageNet weights of VGG16 could not be downloaded. On a machine with internet "
-    "access, download vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5 (58 MB) from "
-    "https://storage.googleapis.com/tensorflow/keras-applications/vgg16/ , copy it here and "
-    "pass its path as `vgg16_weights=` (notebook parameter; CLI --vgg16-weights) or set the "
-    "environment variable VGG16_WEIGHTS=/path/to/vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5, "
-    "which the notebooks and the CLI read.")
-
-
-class WeightsUnavailableError(RuntimeError):
-    """VGG16's ImageNet weights cannot be obtained."""
-
-
-def resolve_vgg16_weights(weights="imagenet"):
-    """``weights`` ("imagenet", None or a local file), checked: a given file must exist."""
-    if weights not in ("imagenet", None) and not os.path.isfile(weights):
-        raise WeightsUnavailableError(f"VGG16 weights file not found: {weights!r}.\n"
-                                      + VGG16_WEIGHTS_HELP)
-    return weights
-
-
-VGG16_INPUT_SIZES = range(32, 225)  # VGG16 needs at least 32x32; 224 is its ImageNet size
-
-
-def check_vgg16_input_size(input_size):
-    if input_size not in VGG16_INPUT_SIZES:
-        raise ValueError(f"VGG16 input size must be an integer from 32 to 224, got {input_size!r}")
-    return input_size
-
-
-def build_vgg16_base(weights="imagenet", input_size=32):
-    """The frozen convolutional base of VGG16 (14,714,688 parameters) for square inputs of
-    ``input_size`` pixels: 32 (CIFAR's own size, as the original) or upscaled."""
-    weights = resolve_vgg16_weights(weights)
-    shape = (check_vgg16_input_size(input_size),) * 2 + (3,)
-    try:
-        base = keras.applications.VGG16(include_top=False, weights=weights, input_shape=shape)
-    except Exception as error:
-        if weights != "imagenet":
-            raise
-        raise WeightsUnavailableError(f"{VGG16_WEIGHTS_HELP}\n({type(error).__name__}: {error})") from None
-    base.trainable = False
-    return base
-
-
-def vgg16_preprocessing():
-    """VGG16's caffe preprocessing as a frozen 1x1 convolution (no Lambda, no custom code).
-
-    Channel c of the output is ``x[..., 2 - c] - VGG16_BGR_MEAN[c]``, exactly
-    ``keras.applications.vgg16.preprocess_input``. Kept in float32 under mixed precision.
-    """
-    layer = layers.Conv2D(3, 1, name="vgg16_preprocess", dtype="float32", trainable=False)
-    layer.build((None,) + IMAGE_SHAPE)
-    swap_rgb_bgr = np.eye(3, dtype="float32")[::-1].reshape(1, 1, 3, 3)
-    layer.set_weights([swap_rgb_bgr, -np.array(VGG16_BGR_MEAN, dtype="float32")])
-    return layer
-
-
-def vgg16_front(inputs, input_size=32):
-    """Raw 0-255 images -> (upscaled to ``input_size``) -> VGG16 preprocessing."""
-    x = inputs
-    if input_size != inputs.shape[1]:
-        # float32, like the preprocessing: float16 would round the 0-255 pixel values.
-        x = layers.Resizing(input_size, input_size, interpolation="bilinear",
-                            dtype="float32", name="upscale")(x)
-    return vgg16_preprocessing()(x)
-
-
-def build_vgg16_head(feature_shape=(1, 1, 512)):
-    """Flatten -> Dense512 -> Dense256 -> Dense100 on VGG16 features: 419,684 parameters."""
-    features = keras.Input(shape=feature_shape, name="vgg16_features")
-    x = layers.Flatten()(features)
-    x = layers.Dense(512, activation="relu")(x)
-    x = layers.Dense(256, activation="relu")(x)
-    return keras.Model(features, _classifier(x), name="vgg16_head")
-
-
-def assemble_vgg16(base, head):
-    """One model from raw 32x32 images: (upscale ->) preprocessing -> frozen base -> head."""
-    inputs = _inputs()
-    x = base(vgg16_front(inputs, base.input_shape[1]), training=False)
-    return keras.Model(inputs, head(x), name="vgg16_transfer")
-
-
-def build_vgg16(weights="imagenet", input_size=32):
-    base = build_vgg16_base(weights, input_size)
-    return assemble_vgg16(base, build_vgg16_head(base.output_shape[1:]))
-
-
-def unfreeze_block5(model):
-    """For fine-tuning: make VGG16's block 5 trainable, keep blocks 1-4 frozen."""
-    base = next(layer for layer in model.layers if layer.name == "vgg16")
-    base.trainable = True
-    for layer in base.layers:
-        layer.trainable = layer.name.startswith("block5")
-    return model
 
 
 def forward_flops(model):

@@ -231,7 +231,7 @@ def evaluate_robustness(model, x_clean, y_clean, sets, name=None, batch_size=500
     Returns:
         A ``Robustness``.
     """
-    from .training import predict_in_batches
+    from .inference import predict_in_batches
 
     name = name or model.name
     clean = predict_in_batches(model, x_clean, batch_size, f"{name} clean")

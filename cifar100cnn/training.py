@@ -1,5 +1,5 @@
-"""Compile, fit with checkpoints and resume, save. Also device set-up, the fast path (XLA,
-augmentation in the model, mixed precision) with its fallback, and VGG16 features."""
+"""Training: compile, fit with best-weights checkpoints, resume and an epoch log, save; the
+fast path (XLA, augmentation in the model, mixed precision) with its fallback."""
 
 import contextlib
 import dataclasses
@@ -12,87 +12,13 @@ import warnings
 import keras
 import numpy as np
 import tensorflow as tf
-from tqdm.auto import tqdm
 
 from . import artifacts
-from .optimization import SparseSmoothedCrossentropy, compile_model, make_optimizer  # noqa: F401
-from .data import indexed_batches, make_pipeline
-from .models import (RECIPES, assemble_vgg16, build_augmentation, build_vgg16_base,
-                     build_vgg16_head, check_vgg16_input_size, vgg16_front)
-
-
-def set_seed(seed=0):
-    """Seed Python, NumPy and TensorFlow; make CPU kernels deterministic."""
-    keras.utils.set_random_seed(seed)
-    if not tf.config.list_physical_devices("GPU"):
-        tf.config.experimental.enable_op_determinism()
-
-
-PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
-# CPU flags (Linux /proc/cpuinfo) under which oneDNN runs bfloat16 convolutions natively:
-# Intel AMX tiles or AVX-512 BF16 (Intel Cooper Lake+, AMD Zen 4+).
-BF16_CPU_FLAGS = ("amx_bf16", "avx512_bf16")
-
-
-def cpu_flags(path="/proc/cpuinfo"):
-    """The CPU's feature flags (empty where the file does not exist, e.g. macOS, Windows)."""
-    try:
-        with open(path) as f:
-            for line in f:
-                if line.startswith("flags"):
-                    return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
-
-
-def auto_precision(gpus, flags):
-    """mixed_float16 on GPUs; mixed_bfloat16 on CPUs with native bf16 (measured 1.4x-2x
-    faster there, docs/BENCHMARKS.md); float32 elsewhere."""
-    if gpus:
-        return "mixed_float16"
-    return "mixed_bfloat16" if flags & set(BF16_CPU_FLAGS) else "float32"
-
-
-def configure_hardware(precision="auto", cpu_devices=1):
-    """Describe the devices, set the precision policy and pick a distribution strategy.
-
-    Args:
-        precision: "auto" (default: see ``auto_precision``), "float32", "mixed_float16" or
-            "mixed_bfloat16". Saved models are float32 whatever the training precision.
-        cpu_devices: > 1 on a machine without GPUs splits the CPU into that many logical
-            devices and mirrors over them (to test multi-device training on a CPU); it must
-            be called before TensorFlow has run anything. Default 1.
-
-    Returns:
-        ``(strategy, description)``. Several GPUs -> ``MirroredStrategy``.
-    """
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
-    gpus = tf.config.list_physical_devices("GPU")
-    if precision == "auto":
-        precision = auto_precision(gpus, cpu_flags())
-    keras.mixed_precision.set_global_policy(precision)
-    if not gpus and cpu_devices > 1:
-        tf.config.set_logical_device_configuration(
-            tf.config.list_physical_devices("CPU")[0],
-            [tf.config.LogicalDeviceConfiguration() for _ in range(cpu_devices)])
-    if len(gpus) > 1:
-        strategy = tf.distribute.MirroredStrategy()
-    elif not gpus and cpu_devices > 1:
-        strategy = tf.distribute.MirroredStrategy([d.name for d in tf.config.list_logical_devices("CPU")])
-    else:
-        strategy = tf.distribute.get_strategy()
-    if gpus:
-        names = [tf.config.experimental.get_device_details(g).get("device_name", g.name) for g in gpus]
-        where = f"{len(gpus)} GPU(s): {', '.join(names)}"
-    else:
-        bf16 = sorted(cpu_flags() & set(BF16_CPU_FLAGS))
-        where = f"CPU only ({os.cpu_count()} cores{'; ' + ', '.join(bf16) if bf16 else ''})"
-    text = (f"TensorFlow {tf.__version__}, Keras {keras.__version__}; {where}; "
-            f"precision {keras.mixed_precision.global_policy().name}; "
-            f"strategy {type(strategy).__name__} with {strategy.num_replicas_in_sync} replica(s)")
-    return strategy, text
+from .augment import augment_in_model, model_to_train, pipeline_augmentation
+from .data import make_pipeline
+from .hardware import precision_policy, set_seed
+from .models import RECIPES
+from .optimization import compile_model
 
 
 def check_epochs(epochs):
@@ -255,46 +181,6 @@ def existing(name, models_dir, retrain):
     return model, history
 
 
-AUGMENT_PLACES = ("auto", "pipeline", "model")
-
-
-def augment_in_model(augment_on="auto"):
-    """Where augmentation runs: ``True`` = inside the training step, ``False`` = tf.data map.
-
-    "auto" puts it inside the step when a GPU is present (batches travel to the GPU as
-    uint8 and are transformed there, compiled with the rest of the step by XLA; the host CPU
-    only gathers them) and in the parallel tf.data map on CPU-only machines (there it runs
-    beside the training step instead of inside it).
-    """
-    if augment_on not in AUGMENT_PLACES:
-        raise ValueError(f"augment_on must be one of {AUGMENT_PLACES}, got {augment_on!r}")
-    if augment_on == "auto":
-        return bool(tf.config.list_physical_devices("GPU"))
-    return augment_on == "model"
-
-
-def with_augmentation(model, augment):
-    """``augment -> model`` as one model to train. It shares ``model``'s layers, so training
-    it trains ``model``, which stays free of augmentation and is what gets saved."""
-    inputs = keras.Input(shape=model.input_shape[1:], name="image")
-    return keras.Model(inputs, model(augment(inputs)), name=f"{model.name}_augmented")
-
-
-def pipeline_augmentation(kind, seed, augment_on):
-    """The augmentation for the tf.data map; None when there is none or it runs in the model."""
-    if kind is None or augment_in_model(augment_on):
-        return None
-    return build_augmentation(kind, seed)
-
-
-def model_to_train(model, kind, seed, augment_on):
-    """``model``, preceded by augmentation ``kind`` when that runs in the model (compilable
-    with XLA). Call under the strategy that built ``model``."""
-    if kind is None or not augment_in_model(augment_on):
-        return model
-    return with_augmentation(model, build_augmentation(kind, seed, xla=True))
-
-
 # ---------------------------------------------------------------------------
 # The fast path (XLA, augmentation in the model, mixed precision) and its fallback
 # ---------------------------------------------------------------------------
@@ -406,17 +292,6 @@ def fallback_paths(path):
     return paths
 
 
-@contextlib.contextmanager
-def precision_policy(name):
-    """The global dtype policy is ``name`` inside the block and what it was after it."""
-    previous = keras.mixed_precision.global_policy()
-    keras.mixed_precision.set_global_policy(name)
-    try:
-        yield
-    finally:
-        keras.mixed_precision.set_global_policy(previous)
-
-
 class StepWatch(keras.callbacks.Callback):
     """Counts the training steps done: a failure before the first one is a start-up failure."""
 
@@ -478,6 +353,40 @@ def train_with_fallback(attempt, path, name):
                           "turned off.", FastPathWarning, stacklevel=3)
 
 
+def fit_on_images(build, data, recipe, work_dir, epochs=None, seed=0, augment_on="auto",
+                  strategy=None, verbose=1, jit_compile="auto", callbacks=()):
+    """Pipelines of ``data``'s images -> model built under ``strategy``, augmented where
+    ``augment_on`` says -> ``fit``.
+
+    Args:
+        build: a function returning the model to train (called under ``strategy``).
+        data: a ``data.Dataset``: its training and validation splits are used.
+        recipe: the recipe (batch size, augmentation, optimizer, ...).
+        work_dir: the folder of checkpoints and the epoch log (see ``fit``).
+        epochs: default None: the recipe's.
+        seed: shuffling and augmentation seed (default 0).
+        augment_on: "auto" (default), "pipeline" or "model": see ``augment_in_model``.
+        strategy: default None: the current strategy.
+        verbose: Keras verbosity (default 1).
+        jit_compile: "auto" (default), True or False: see ``use_jit``.
+        callbacks: more Keras callbacks (default none).
+
+    Returns:
+        ``(model, history)``: the model ``build`` returned, without augmentation, holding
+        its best validation weights.
+    """
+    kind = recipe["augmentation"]
+    train_ds = make_pipeline(data.x_train, data.y_train, recipe["batch_size"], shuffle=True,
+                             augment=pipeline_augmentation(kind, seed, augment_on), seed=seed)
+    val_ds = make_pipeline(data.x_val, data.y_val, recipe["batch_size"])
+    with (strategy or tf.distribute.get_strategy()).scope():
+        model = build()
+        trainee = model_to_train(model, kind, seed, augment_on)
+        history = fit(trainee, train_ds, val_ds, recipe, work_dir, epochs, verbose,
+                      jit_compile=jit_compile, callbacks=callbacks)
+    return model, history
+
+
 def train_image_model(name, build, data, recipe_name, models_dir="models", epochs=None,
                       retrain=False, seed=0, strategy=None, verbose=1, recipe_overrides=None,
                       augment_on="auto", jit_compile="auto"):
@@ -508,126 +417,10 @@ def train_image_model(name, build, data, recipe_name, models_dir="models", epoch
     def attempt(path, watch):
         set_seed(seed)
         with precision_policy(path.precision):
-            train_ds = make_pipeline(data.x_train, data.y_train, recipe["batch_size"], shuffle=True,
-                                     augment=pipeline_augmentation(kind, seed, path.augment_on),
-                                     seed=seed)
-            val_ds = make_pipeline(data.x_val, data.y_val, recipe["batch_size"])
-            with strategy.scope():
-                model = build()
-                trainee = model_to_train(model, kind, seed, path.augment_on)
-                history = fit(trainee, train_ds, val_ds, recipe, work_dir, epochs, verbose,
-                              jit_compile=path.jit_compile, callbacks=[watch])
-        return model, history
+            return fit_on_images(build, data, recipe, work_dir, epochs, seed, path.augment_on,
+                                 strategy, verbose, path.jit_compile, callbacks=[watch])
 
     model, history = train_with_fallback(
         attempt, fast_path(kind, augment_on, jit_compile, strategy), name)
     finish(model, history, name, models_dir, work_dir)
     return model, history
-
-
-# ---------------------------------------------------------------------------
-# VGG16: features once, then the head
-# ---------------------------------------------------------------------------
-
-def predict_in_batches(model, x, batch_size=500, description="predict"):
-    """``model(x)`` batch by batch with a progress bar; halves the batch on GPU out-of-memory."""
-    outputs, start = [], 0
-    with tqdm(total=len(x), desc=description, unit="img") as bar:
-        while start < len(x):
-            batch = x[start:start + batch_size]
-            try:
-                outputs.append(np.asarray(model(batch, training=False), dtype=np.float32))
-            except tf.errors.ResourceExhaustedError:
-                if batch_size == 1:
-                    raise
-                batch_size = max(1, batch_size // 2)
-                print(f"Out of memory; retrying with batches of {batch_size}.")
-                continue
-            start += len(batch)
-            bar.update(len(batch))
-    return np.concatenate(outputs)
-
-
-def vgg16_feature_extractor(base):
-    """Raw 32x32 images -> the frozen base's features (upscaled first if the base is larger)."""
-    inputs = keras.Input(shape=(32, 32, 3))
-    return keras.Model(inputs, base(vgg16_front(inputs, base.input_shape[1]), training=False),
-                       name="vgg16_features")
-
-
-def train_vgg16(data, weights="imagenet", models_dir="models", epochs=None, retrain=False,
-                seed=0, finetune=False, finetune_epochs=None, strategy=None, verbose=1,
-                augment_on="auto", input_size=None):
-    """Frozen VGG16 base run once over train/validation images, head trained on the features,
-    then base + head assembled into one model from raw images and saved.
-
-    ``input_size`` (default: the recipe's 32) upscales the images inside the model; the
-    cached features then take 50,000 x (input_size / 32)^2 x 2 KiB of memory."""
-    recipe = RECIPES["vgg16"]
-    input_size = check_vgg16_input_size(recipe["input_size"] if input_size is None else input_size)
-    found = existing("vgg16", models_dir, retrain)
-    if found:
-        nested = {layer.name: layer for layer in found[0].layers}
-        saved_size = nested["vgg16"].input_shape[1] if "vgg16" in nested else input_size
-        if saved_size != input_size:
-            print(f"Note: the saved VGG16 model sees {saved_size}x{saved_size} inputs, not "
-                  f"{input_size}x{input_size}; set retrain=True to train it at the new size.")
-        return found
-    epochs = check_epochs(epochs if epochs is not None else recipe["epochs"])
-    set_seed(seed)
-    strategy = strategy or tf.distribute.get_strategy()
-    with strategy.scope():
-        base = build_vgg16_base(weights, input_size)
-        extractor = vgg16_feature_extractor(base)
-    train_features = predict_in_batches(extractor, data.x_train, description="VGG16 features (train)")
-    val_features = predict_in_batches(extractor, data.x_val, description="VGG16 features (validation)")
-    train_ds = feature_pipeline(train_features, data.y_train, recipe["batch_size"], shuffle=True, seed=seed)
-    val_ds = feature_pipeline(val_features, data.y_val, recipe["batch_size"])
-    work_dir = vgg16_checkpoints(models_dir, "vgg16", input_size)
-
-    def attempt(path, watch):
-        with precision_policy(path.precision), strategy.scope():
-            head = build_vgg16_head(train_features.shape[1:])
-            return head, fit(head, train_ds, val_ds, recipe, work_dir, epochs, verbose,
-                             jit_compile=path.jit_compile, callbacks=[watch])
-
-    head, history = train_with_fallback(attempt, fast_path(None, strategy=strategy), "vgg16")
-    with strategy.scope():
-        model = assemble_vgg16(base, head)
-        if finetune:
-            history = finetune_vgg16(model, data, history, models_dir, seed, verbose,
-                                     finetune_epochs, augment_on)
-    finish(model, history, "vgg16", models_dir, work_dir,
-           vgg16_checkpoints(models_dir, "vgg16_finetune", input_size))
-    return model, history
-
-
-def vgg16_checkpoints(models_dir, stage, input_size):
-    # Another input size gives other weight shapes: its checkpoints are kept apart.
-    suffix = "" if input_size == 32 else f"_{input_size}px"
-    return os.path.join(models_dir, "checkpoints", stage + suffix)
-
-
-def feature_pipeline(features, labels, batch_size, shuffle=False, seed=0):
-    return indexed_batches([features, labels], batch_size, shuffle, seed).prefetch(tf.data.AUTOTUNE)
-
-
-def finetune_vgg16(model, data, history, models_dir="models", seed=0, verbose=1, epochs=None,
-                   augment_on="auto"):
-    """Unfreeze block 5 and train the whole model from images at a low learning rate.
-
-    Call under the strategy that built ``model``."""
-    from .models import unfreeze_block5
-
-    recipe = RECIPES["vgg16_finetune"]
-    unfreeze_block5(model)
-
-    kind = recipe["augmentation"]
-    train_ds = make_pipeline(data.x_train, data.y_train, recipe["batch_size"], shuffle=True,
-                             augment=pipeline_augmentation(kind, seed, augment_on), seed=seed)
-    trainee = model_to_train(model, kind, seed, augment_on)
-    val_ds = make_pipeline(data.x_val, data.y_val, recipe["batch_size"])
-    work_dir = vgg16_checkpoints(models_dir, "vgg16_finetune",
-                                 model.get_layer("vgg16").input_shape[1])
-    tuned = fit(trainee, train_ds, val_ds, recipe, work_dir, epochs or recipe["epochs"], verbose)
-    return {key: history.get(key, []) + tuned.get(key, []) for key in set(history) | set(tuned)}

@@ -6,10 +6,12 @@ import os
 import keras_tuner
 
 from . import artifacts
+from .augment import build_augmentation
 from .data import make_pipeline
-from .models import (RECIPES, build_augmentation, build_third_original, build_third_tuned,
-                     whitening_kernel)
-from .training import compile_model, set_seed, use_jit
+from .hardware import set_seed
+from .models import RECIPES, build_third_original, build_third_tuned, whitening_kernel
+from .optimization import compile_model
+from .training import use_jit
 
 WIDTHS = (96, 128)  # the tuned network's first-block widths searched (x2, x4 in blocks 2, 3)
 

@@ -520,7 +520,7 @@ def penultimate_features(model, x, batch_size=250):
     """The input to the final classifier layer, flattened: (N, features) float32."""
     import keras
 
-    from .training import predict_in_batches
+    from .inference import predict_in_batches
 
     classifier = model.layers[-1]
     extractor = keras.Model(model.input, classifier.input)

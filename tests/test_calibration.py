@@ -97,7 +97,7 @@ def test_validation_split_without_the_dataset_is_a_note_not_an_error(tmp_path, c
 def test_every_model_is_calibrated_on_its_own_validation_predictions():
     import keras
 
-    from cifar100cnn.training import predict_in_batches
+    from cifar100cnn.inference import predict_in_batches
 
     keras.utils.set_random_seed(0)
     inputs = keras.Input((32, 32, 3))

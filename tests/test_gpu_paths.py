@@ -13,7 +13,7 @@ import keras
 import tensorflow as tf
 from tensorflow.python.framework import config as tf_config
 
-from cifar100cnn import artifacts, data, models, training
+from cifar100cnn import artifacts, augment, data, hardware, training
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -71,7 +71,7 @@ def saved_float32_model(folder, name="third_original"):
     model = artifacts.load_model(artifacts.model_path(name, folder / "models"))
     assert {w.dtype for w in model.weights} == {"float32"}
     assert {layer.dtype_policy.name for layer in model.layers} == {"float32"}
-    assert not any(isinstance(layer, models.RandomAffine) for layer in model.layers)
+    assert not any(isinstance(layer, augment.RandomAffine) for layer in model.layers)
     return model
 
 
@@ -94,20 +94,20 @@ def fake_cpuinfo(folder, flags):
     (["amx_bf16"], ["GPU:0"], "mixed_float16"),
 ])
 def test_auto_precision_follows_the_cpu_flags_and_gpus(tmp_path, flags, gpus, expected):
-    found = training.cpu_flags(fake_cpuinfo(tmp_path, flags))
+    found = hardware.cpu_flags(fake_cpuinfo(tmp_path, flags))
     assert set(flags) <= found and "fpu" in found
-    assert training.auto_precision(gpus, found) == expected
+    assert hardware.auto_precision(gpus, found) == expected
 
 
 def test_cpu_flags_of_a_machine_without_cpuinfo_is_empty(tmp_path):
-    assert training.cpu_flags(str(tmp_path / "missing")) == set()
+    assert hardware.cpu_flags(str(tmp_path / "missing")) == set()
 
 
 def test_configure_hardware_auto_picks_bf16_on_a_bf16_cpu(monkeypatch):
     monkeypatch.setattr(tf.config, "list_physical_devices",
                         lambda kind=None: [] if kind == "GPU" else ["CPU:0"])
-    monkeypatch.setattr(training, "cpu_flags", lambda path="/proc/cpuinfo": {"amx_bf16"})
-    _, text = training.configure_hardware()
+    monkeypatch.setattr(hardware, "cpu_flags", lambda path="/proc/cpuinfo": {"amx_bf16"})
+    _, text = hardware.configure_hardware()
     assert keras.mixed_precision.global_policy().name == "mixed_bfloat16"
     assert "precision mixed_bfloat16" in text and "amx_bf16" in text
 
@@ -115,7 +115,7 @@ def test_configure_hardware_auto_picks_bf16_on_a_bf16_cpu(monkeypatch):
 @pytest.mark.parametrize("bad", ["fp16", "bfloat16", None, ""])
 def test_configure_hardware_refuses_a_bad_precision(bad):
     with pytest.raises(ValueError, match=r"precision must be one of \('auto', 'float32'"):
-        training.configure_hardware(precision=bad)
+        hardware.configure_hardware(precision=bad)
     assert keras.mixed_precision.global_policy().name == "float32"
 
 
@@ -167,10 +167,10 @@ def test_forced_gpu_path_trains_and_saves_a_float32_model(dataset, tmp_path, com
     assert tf_config.is_op_determinism_enabled()  # and back on for the next CPU run
     assert isinstance(trainee.optimizer, keras.optimizers.LossScaleOptimizer) is (
         precision == "mixed_float16")
-    augment = trainee.layers[1]
-    assert isinstance(augment, models.RandomAffine) is (augment_on == "model")
+    first = trainee.layers[1]
+    assert isinstance(first, augment.RandomAffine) is (augment_on == "model")
     if augment_on == "model":
-        assert augment.xla and augment.dtype_policy.name == "float32"
+        assert first.xla and first.dtype_policy.name == "float32"
     assert keras.mixed_precision.global_policy().name == precision  # left as it was
     saved = saved_float32_model(tmp_path)
     assert saved.count_params() == tiny_model().count_params()
@@ -297,10 +297,10 @@ def test_fallback_paths_drop_xla_first_then_everything():
 _MIRRORED_FAST = textwrap.dedent("""
     import json, os, shutil, sys, tempfile, warnings
     sys.path.insert(0, {here!r})
-    from cifar100cnn import training
-    strategy, text = training.configure_hardware("mixed_float16", cpu_devices=2)
+    from cifar100cnn import hardware, training
+    strategy, text = hardware.configure_hardware("mixed_float16", cpu_devices=2)
     import keras
-    from cifar100cnn import artifacts, data, models
+    from cifar100cnn import artifacts, augment, data
     from test_gpu_paths import tiny_model
     seen = []
     original = training.compile_model
@@ -321,7 +321,7 @@ _MIRRORED_FAST = textwrap.dedent("""
         "text": text, "auto_jit": training.use_jit("auto", strategy),
         "fallbacks": [str(w.message) for w in caught if w.category is training.FastPathWarning],
         "loss_scaling": isinstance(trainee.optimizer, keras.optimizers.LossScaleOptimizer),
-        "augment_in_model": isinstance(trainee.layers[1], models.RandomAffine),
+        "augment_in_model": isinstance(trainee.layers[1], augment.RandomAffine),
         "steps_per_execution": trainee.steps_per_execution, "epochs": len(history["loss"]),
         "saved_dtypes": sorted({{w.dtype for w in saved.weights}})}}))
 """)

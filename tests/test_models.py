@@ -4,7 +4,7 @@ import keras
 import numpy as np
 import pytest
 
-from cifar100cnn import artifacts, models, training
+from cifar100cnn import artifacts, augment, inference, models, transfer
 
 IMAGES = np.random.default_rng(0).integers(0, 256, (6, 32, 32, 3)).astype(np.uint8)
 
@@ -19,18 +19,18 @@ def test_original_models_have_the_original_parameter_counts(build, expected):
 
 
 def test_vgg16_parts_have_the_original_parameter_counts():
-    base = models.build_vgg16_base(weights=None)
-    head = models.build_vgg16_head(base.output_shape[1:])
-    assert base.count_params() == models.VGG16_BASE_PARAMS == 14_714_688
+    base = transfer.build_vgg16_base(weights=None)
+    head = transfer.build_vgg16_head(base.output_shape[1:])
+    assert base.count_params() == transfer.VGG16_BASE_PARAMS == 14_714_688
     assert head.count_params() == 419_684
-    model = models.assemble_vgg16(base, head)
+    model = transfer.assemble_vgg16(base, head)
     trainable = sum(int(np.prod(w.shape)) for w in model.trainable_weights)
     assert trainable == 419_684  # base and preprocessing stay frozen
 
 
 def test_vgg16_preprocessing_equals_keras_preprocess_input():
     images = np.random.default_rng(1).uniform(0, 255, (8, 32, 32, 3)).astype("float32")
-    ours = np.asarray(models.vgg16_preprocessing()(images))
+    ours = np.asarray(transfer.vgg16_preprocessing()(images))
     expected = keras.applications.vgg16.preprocess_input(images.copy())
     np.testing.assert_allclose(ours, expected, atol=1e-4)
 
@@ -47,7 +47,7 @@ def test_models_output_probabilities_from_raw_uint8_images():
     ("overfit", models.build_overfit),
     ("third", lambda: models.build_third("tuned")),
     ("third_original", lambda: models.build_third("original")),
-    ("vgg16", lambda: models.build_vgg16(weights=None)),
+    ("vgg16", lambda: transfer.build_vgg16(weights=None)),
 ])
 def test_every_model_round_trips_under_safe_mode(tmp_path, name, build):
     model = build()
@@ -72,24 +72,24 @@ def test_saved_model_drops_mixed_precision(tmp_path):
 
 
 def test_cached_feature_head_equals_assembled_model():
-    base = models.build_vgg16_base(weights=None)
-    head = models.build_vgg16_head(base.output_shape[1:])
-    features = training.predict_in_batches(training.vgg16_feature_extractor(base), IMAGES, batch_size=4)
+    base = transfer.build_vgg16_base(weights=None)
+    head = transfer.build_vgg16_head(base.output_shape[1:])
+    features = inference.predict_in_batches(transfer.vgg16_feature_extractor(base), IMAGES, batch_size=4)
     from_features = np.asarray(head(features))
-    assembled = np.asarray(models.assemble_vgg16(base, head)(IMAGES))
+    assembled = np.asarray(transfer.assemble_vgg16(base, head)(IMAGES))
     np.testing.assert_allclose(assembled, from_features, rtol=1e-4, atol=1e-6)
 
 
 def test_upscaled_vgg16_takes_32px_images_and_sees_them_resized():
-    base = models.build_vgg16_base(weights=None, input_size=64)
+    base = transfer.build_vgg16_base(weights=None, input_size=64)
     assert base.output_shape[1:] == (2, 2, 512) and base.count_params() == 14_714_688
-    head = models.build_vgg16_head(base.output_shape[1:])
+    head = transfer.build_vgg16_head(base.output_shape[1:])
     assert head.count_params() == 2048 * 512 + 512 + 512 * 256 + 256 + 256 * 100 + 100
-    model = models.assemble_vgg16(base, head)
+    model = transfer.assemble_vgg16(base, head)
     assert model.input_shape == (None, 32, 32, 3) and model.output_shape == (None, 100)
-    features = training.predict_in_batches(training.vgg16_feature_extractor(base), IMAGES, batch_size=4)
+    features = inference.predict_in_batches(transfer.vgg16_feature_extractor(base), IMAGES, batch_size=4)
     resized = keras.ops.image.resize(IMAGES.astype("float32"), (64, 64), interpolation="bilinear")
-    expected = np.asarray(base(models.vgg16_preprocessing()(resized)))
+    expected = np.asarray(base(transfer.vgg16_preprocessing()(resized)))
     np.testing.assert_allclose(features, expected, rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(np.asarray(model(IMAGES)), np.asarray(head(features)),
                                rtol=1e-4, atol=1e-6)
@@ -98,12 +98,12 @@ def test_upscaled_vgg16_takes_32px_images_and_sees_them_resized():
 @pytest.mark.parametrize("size", [31, 225, 64.5, "96"])
 def test_bad_vgg16_input_sizes_are_refused(size):
     with pytest.raises(ValueError, match="input size"):
-        models.build_vgg16_base(weights=None, input_size=size)
+        transfer.build_vgg16_base(weights=None, input_size=size)
 
 
 def _affine(images, angle=0.0, shift_x=0.0, shift_y=0.0, flip_x=1.0, flip_y=1.0):
     row = [np.array([value], "float32") for value in (angle, shift_x, shift_y, flip_x, flip_y)]
-    transforms = models.affine_transforms(*row, 32, 32)
+    transforms = augment.affine_transforms(*row, 32, 32)
     return np.asarray(keras.ops.image.affine_transform(images, transforms, fill_mode="nearest"))
 
 
@@ -130,10 +130,10 @@ def test_resample_affine_equals_tensorflows_affine_transform(fill_mode, degrees,
     def flips():
         return rng.choice([-1.0, 1.0], len(images)).astype("float32")
 
-    transforms = models.affine_transforms(uniform(np.radians(degrees)), uniform(shift * 32),
+    transforms = augment.affine_transforms(uniform(np.radians(degrees)), uniform(shift * 32),
                                           uniform(shift * 32), flips(), flips(), 32, 32)
     expected = np.asarray(keras.ops.image.affine_transform(images, transforms, fill_mode=fill_mode))
-    np.testing.assert_allclose(np.asarray(models.resample_affine(images, transforms, fill_mode)),
+    np.testing.assert_allclose(np.asarray(augment.resample_affine(images, transforms, fill_mode)),
                                expected, atol=0.01)  # pixel values 0-255
 
 
@@ -141,27 +141,27 @@ def test_resample_affine_compiles_with_xla():
     import tensorflow as tf
 
     images = IMAGES.astype("float32")
-    transforms = models.affine_transforms(*(np.full(len(images), v, "float32")
+    transforms = augment.affine_transforms(*(np.full(len(images), v, "float32")
                                             for v in (0.3, 2.5, -1.5, -1.0, 1.0)), 32, 32)
-    compiled = tf.function(lambda x, t: models.resample_affine(x, t, "reflect"), jit_compile=True)
+    compiled = tf.function(lambda x, t: augment.resample_affine(x, t, "reflect"), jit_compile=True)
     np.testing.assert_allclose(np.asarray(compiled(images, transforms)),
-                               np.asarray(models.resample_affine(images, transforms, "reflect")),
+                               np.asarray(augment.resample_affine(images, transforms, "reflect")),
                                atol=0.01)
-    assert models.build_augmentation("tuned", xla=True).supports_jit
-    assert not models.build_augmentation("tuned").supports_jit  # TensorFlow's kernel: no XLA
+    assert augment.build_augmentation("tuned", xla=True).supports_jit
+    assert not augment.build_augmentation("tuned").supports_jit  # TensorFlow's kernel: no XLA
 
 
 @pytest.mark.parametrize("kind", ["original", "tuned"])
 def test_both_resamplers_give_the_same_augmentation(kind):
     images = IMAGES.astype("float32")
-    kernel = models.build_augmentation(kind, seed=5)(images, training=True)
-    gathers = models.build_augmentation(kind, seed=5, xla=True)(images, training=True)
+    kernel = augment.build_augmentation(kind, seed=5)(images, training=True)
+    gathers = augment.build_augmentation(kind, seed=5, xla=True)(images, training=True)
     np.testing.assert_allclose(np.asarray(gathers), np.asarray(kernel), atol=0.01)
 
 
 def test_resample_affine_refuses_other_fill_modes():
     with pytest.raises(ValueError, match="fill_mode"):
-        models.resample_affine(IMAGES.astype("float32"), np.zeros((len(IMAGES), 8), "float32"),
+        augment.resample_affine(IMAGES.astype("float32"), np.zeros((len(IMAGES), 8), "float32"),
                                "wrap")
 
 
@@ -186,7 +186,7 @@ def test_original_augmentation_rotates_up_to_40_degrees_and_flips_vertically_onl
     image[:, :16, :, 0] = 255
     image[:, 15:17, 4:28, 1] = 255
     image[:, :, :16, 2] = 255
-    out = np.asarray(models.build_augmentation("original", seed=3)(image, training=True))
+    out = np.asarray(augment.build_augmentation("original", seed=3)(image, training=True))
     top_centre = out[:, 0, 15:17, 0].mean(axis=1)
     assert np.all((top_centre < 1) | (top_centre > 254))
     assert 0.35 < (top_centre < 1).mean() < 0.65  # flipped upside down half of the time
@@ -201,22 +201,22 @@ def test_original_augmentation_shifts_by_at_most_a_fifth_of_the_side():
     # at most 0.2 x 32 = 6.4 px and, over many draws, lands on both sides (shifts are symmetric).
     image = np.zeros((200, 32, 32, 3), "float32")
     image[:, 15:17, 15:17] = 255
-    augment = models.build_augmentation("original", seed=3)
-    out = np.asarray(augment(image, training=True))[..., 0]
+    layer = augment.build_augmentation("original", seed=3)
+    out = np.asarray(layer(image, training=True))[..., 0]
     rows = np.array([np.unravel_index(np.argmax(o), o.shape)[0] for o in out])
     assert np.all(np.abs(rows - 15.5) <= 8)
     assert (rows < 14).any() and (rows > 17).any()
-    assert np.array_equal(np.asarray(augment(image, training=False)), image)
+    assert np.array_equal(np.asarray(layer(image, training=False)), image)
 
 
 def test_augmentations_keep_the_shape_and_change_the_images():
     # (Unknown names: test_reliability.py::test_unknown_presets_are_refused_naming_the_known_ones.)
     batch = IMAGES.astype("float32")
-    for kind in models.AUGMENTATIONS:
-        augmented = np.asarray(models.build_augmentation(kind)(batch, training=True))
+    for kind in augment.AUGMENTATIONS:
+        augmented = np.asarray(augment.build_augmentation(kind)(batch, training=True))
         assert augmented.shape == batch.shape
         assert not np.allclose(augmented, batch)
-    assert models.build_augmentation(None) is None
+    assert augment.build_augmentation(None) is None
 
 
 def test_offline_imagenet_weights_give_instructions(monkeypatch):
@@ -225,20 +225,20 @@ def test_offline_imagenet_weights_give_instructions(monkeypatch):
 
     monkeypatch.delenv("VGG16_WEIGHTS", raising=False)
     monkeypatch.setattr(keras.applications, "VGG16", offline)
-    with pytest.raises(models.WeightsUnavailableError, match="VGG16_WEIGHTS"):
-        models.build_vgg16_base("imagenet")
+    with pytest.raises(transfer.WeightsUnavailableError, match="VGG16_WEIGHTS"):
+        transfer.build_vgg16_base("imagenet")
 
 
 def test_weights_file_is_read_and_the_environment_is_not(tmp_path, monkeypatch):
     weights_file = tmp_path / "vgg16_notop.weights.h5"
-    models.build_vgg16_base(weights=None).save_weights(weights_file)
-    base = models.build_vgg16_base(str(weights_file))
+    transfer.build_vgg16_base(weights=None).save_weights(weights_file)
+    base = transfer.build_vgg16_base(str(weights_file))
     assert base.count_params() == 14_714_688
-    with pytest.raises(models.WeightsUnavailableError, match="not found"):
-        models.build_vgg16_base(str(tmp_path / "missing.h5"))
+    with pytest.raises(transfer.WeightsUnavailableError, match="not found"):
+        transfer.build_vgg16_base(str(tmp_path / "missing.h5"))
     # $VGG16_WEIGHTS is for the notebooks and the CLI (environment.vgg16_weights).
     monkeypatch.setenv("VGG16_WEIGHTS", str(weights_file))
-    assert models.resolve_vgg16_weights("imagenet") == "imagenet"
+    assert transfer.resolve_vgg16_weights("imagenet") == "imagenet"
 
 
 def test_forward_flops_counts_conv_and_dense_multiply_adds():
@@ -248,9 +248,9 @@ def test_forward_flops_counts_conv_and_dense_multiply_adds():
 
 
 def test_forward_flops_enters_nested_models():
-    base = models.build_vgg16_base(weights=None)
-    head = models.build_vgg16_head(base.output_shape[1:])
-    whole = models.assemble_vgg16(base, head)
+    base = transfer.build_vgg16_base(weights=None)
+    head = transfer.build_vgg16_head(base.output_shape[1:])
+    whole = transfer.assemble_vgg16(base, head)
     preprocess = 2 * 32 * 32 * 3 * 3
     assert models.forward_flops(whole) == (models.forward_flops(base) + models.forward_flops(head)
                                            + preprocess)

@@ -19,7 +19,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from cifar100cnn import artifacts, data, models, training
+from cifar100cnn import (artifacts, augment, data, hardware, inference, models, training,
+                         transfer)
 from cifar100cnn.artifacts import ArtifactError
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -238,8 +239,8 @@ def test_vgg16_is_reused_without_building_its_base(tmp_path, capsys, monkeypatch
                                                    tiny_dataset):
     models_dir = str(tmp_path)
     artifacts.save_model(small_model(seed=0), artifacts.model_path("vgg16", models_dir))
-    monkeypatch.setattr(training, "build_vgg16_base", lambda *a, **k: must_not_build())
-    model, _ = training.train_vgg16(tiny_dataset(), weights="/nonexistent.h5",
+    monkeypatch.setattr(transfer, "build_vgg16_base", lambda *a, **k: must_not_build())
+    model, _ = transfer.train_vgg16(tiny_dataset(), weights="/nonexistent.h5",
                                     models_dir=models_dir, epochs=1)
     assert "Reusing" in capsys.readouterr().out
     assert model.output_shape == (None, 100)
@@ -426,7 +427,7 @@ def test_unknown_presets_are_refused_naming_the_known_ones():
         models.build_third("huge")
     with pytest.raises(ValueError, match=r"unknown augmentation 'strong'; expected None or one of "
                                          r"\['original', 'tuned', 'resnet9'\]"):
-        models.build_augmentation("strong")
+        augment.build_augmentation("strong")
 
 
 def test_empty_training_set_is_refused(tmp_path, small_model):
@@ -457,7 +458,7 @@ def test_pipeline_streams_uint8_without_float_copies():
     # tf.data takes one uint8 copy (1x); a float32 copy would need 4x, float16 2x.
     assert peak < 2 * x.nbytes, f"numpy peak {peak:,} B: a float copy of the images was made"
     augmented = data.make_pipeline(x, y, batch_size=100,
-                                   augment=models.build_augmentation("tuned"))
+                                   augment=augment.build_augmentation("tuned"))
     assert augmented.element_spec[0].shape.as_list() == [None, 32, 32, 3]  # floats per batch only
     dataset = data.load_dataset(quick=True)
     for array in (dataset.x_train, dataset.x_val, dataset.x_test):
@@ -480,7 +481,7 @@ class _FakeGpuModel:
 def test_out_of_memory_halves_the_batch(capsys):
     x = np.random.default_rng(0).integers(0, 256, (300, 32, 32, 3), dtype=np.uint8)
     model = _FakeGpuModel(limit=64)
-    out = training.predict_in_batches(model, x, batch_size=500)
+    out = inference.predict_in_batches(model, x, batch_size=500)
     expected = np.stack([x.reshape(300, -1).mean(axis=1)] * 3, axis=1).astype(np.float32)
     np.testing.assert_array_equal(out, expected)
     assert model.calls[:4] == [300, 250, 125, 62]
@@ -491,7 +492,7 @@ def test_out_of_memory_halves_the_batch(capsys):
 def test_out_of_memory_at_batch_one_is_raised_not_looped():
     model = _FakeGpuModel(limit=0)
     with pytest.raises(tf.errors.ResourceExhaustedError):
-        training.predict_in_batches(model, np.zeros((5, 32, 32, 3), np.uint8), batch_size=8)
+        inference.predict_in_batches(model, np.zeros((5, 32, 32, 3), np.uint8), batch_size=8)
     assert model.calls == [5, 4, 2, 1]
 
 
@@ -504,7 +505,7 @@ def test_vgg16_feature_extraction_survives_out_of_memory(tmp_path, monkeypatch, 
         x = keras.layers.GlobalAveragePooling2D()(x)
         return keras.Model(inputs, keras.layers.Reshape((1, 1, 8))(x), name="vgg16")
 
-    real_extractor = training.vgg16_feature_extractor
+    real_extractor = transfer.vgg16_feature_extractor
 
     def oom_extractor(base):
         extractor = real_extractor(base)
@@ -515,9 +516,9 @@ def test_vgg16_feature_extraction_survives_out_of_memory(tmp_path, monkeypatch, 
             return extractor(batch, training=training)
         return run
 
-    monkeypatch.setattr(training, "build_vgg16_base", tiny_base)
-    monkeypatch.setattr(training, "vgg16_feature_extractor", oom_extractor)
-    model, history = training.train_vgg16(tiny_dataset(), weights=None, models_dir=str(tmp_path),
+    monkeypatch.setattr(transfer, "build_vgg16_base", tiny_base)
+    monkeypatch.setattr(transfer, "vgg16_feature_extractor", oom_extractor)
+    model, history = transfer.train_vgg16(tiny_dataset(), weights=None, models_dir=str(tmp_path),
                                           epochs=1, verbose=0)
     assert "Out of memory; retrying with batches of" in capsys.readouterr().out
     assert len(history["loss"]) == 1 and model.output_shape == (None, 100)
@@ -612,19 +613,19 @@ def test_several_gpus_select_mirrored_strategy(monkeypatch):
                         lambda device: {"device_name": "Fake GPU"})
     monkeypatch.setattr(tf.distribute, "MirroredStrategy", FakeMirrored)
     monkeypatch.setattr(keras.mixed_precision, "set_global_policy", policies.append)
-    strategy, text = training.configure_hardware()
+    strategy, text = hardware.configure_hardware()
     assert isinstance(strategy, FakeMirrored) and created == [None]
     assert policies == ["mixed_float16"] and "2 GPU(s)" in text
 
     fake_gpus.pop()
-    strategy, _ = training.configure_hardware()
+    strategy, _ = hardware.configure_hardware()
     assert not isinstance(strategy, FakeMirrored) and len(created) == 1
 
 
 _MIRRORED_ON_CPU = textwrap.dedent("""
     import contextlib, io, json, os, tempfile
-    from cifar100cnn import artifacts, data, models, training
-    strategy, text = training.configure_hardware(cpu_devices=2)  # before TF runs anything
+    from cifar100cnn import artifacts, data, hardware, models, training
+    strategy, text = hardware.configure_hardware(cpu_devices=2)  # before TF runs anything
     import tensorflow as tf
     dataset = data.synthetic_dataset(300, 50, seed=0, source="synthetic (test)")
     folder = tempfile.mkdtemp()

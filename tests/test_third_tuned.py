@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from cifar100cnn import artifacts, models
+from cifar100cnn import artifacts, augment, models
 
 
 def _images(n=64, seed=0):
@@ -71,7 +71,7 @@ def test_whole_pixel_shifts_move_pixels_without_interpolation():
     # Every pixel a distinct whole number: bilinear blending would create fractions.
     image = np.arange(32 * 32 * 3, dtype="float32").reshape(1, 32, 32, 3) % 251
     batch = np.repeat(image, 200, axis=0)
-    layer = models.build_augmentation("tuned", seed=0)
+    layer = augment.build_augmentation("tuned", seed=0)
     out = np.asarray(layer(batch, training=True))
     np.testing.assert_array_equal(out, np.round(out))
     shifts, matched = set(), 0

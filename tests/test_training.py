@@ -6,7 +6,7 @@ import os
 import numpy as np
 import pytest
 
-from cifar100cnn import artifacts, data, models, training, tuning
+from cifar100cnn import artifacts, augment, data, models, training, transfer, tuning
 
 
 def small_dataset(n_train=1000, n_test=200, seed=0):
@@ -35,7 +35,7 @@ def test_a_cnn_learns_the_synthetic_data_far_above_chance(tmp_path):
 @pytest.mark.slow
 def test_vgg16_pipeline_saves_one_model_from_raw_images(tmp_path):
     dataset = small_dataset(200, 20)
-    model, history = training.train_vgg16(dataset, weights=None, models_dir=str(tmp_path),
+    model, history = transfer.train_vgg16(dataset, weights=None, models_dir=str(tmp_path),
                                           epochs=1, verbose=0)
     saved = artifacts.load_model(artifacts.model_path("vgg16", tmp_path))
     assert saved.count_params() == model.count_params()
@@ -47,7 +47,7 @@ def test_vgg16_pipeline_saves_one_model_from_raw_images(tmp_path):
 @pytest.mark.slow
 def test_vgg16_finetuning_trains_block5_only(tmp_path):
     dataset = small_dataset(200, 20)
-    model, history = training.train_vgg16(dataset, weights=None, models_dir=str(tmp_path), epochs=1,
+    model, history = transfer.train_vgg16(dataset, weights=None, models_dir=str(tmp_path), epochs=1,
                                           finetune=True, finetune_epochs=1, verbose=0)
     base = model.get_layer("vgg16")
     trainable = {layer.name for layer in base.layers if layer.trainable and layer.weights}
@@ -59,7 +59,7 @@ def test_vgg16_finetuning_trains_block5_only(tmp_path):
 @pytest.mark.slow
 def test_upscaled_vgg16_finetunes_saves_and_is_reused(tmp_path, capsys):
     dataset = small_dataset(100, 10)
-    model, history = training.train_vgg16(dataset, weights=None, models_dir=str(tmp_path), epochs=1,
+    model, history = transfer.train_vgg16(dataset, weights=None, models_dir=str(tmp_path), epochs=1,
                                           finetune=True, finetune_epochs=1, verbose=0, input_size=64)
     assert len(history["val_accuracy"]) == 2
     checkpoints = tmp_path / "checkpoints"
@@ -70,7 +70,7 @@ def test_upscaled_vgg16_finetunes_saves_and_is_reused(tmp_path, capsys):
     assert saved.get_layer("vgg16").input_shape[1:] == (64, 64, 3)
     np.testing.assert_allclose(saved.predict(dataset.x_test, verbose=0),
                                model.predict(dataset.x_test, verbose=0), atol=1e-5)
-    reused, _ = training.train_vgg16(dataset, weights=None, models_dir=str(tmp_path), epochs=1)
+    reused, _ = transfer.train_vgg16(dataset, weights=None, models_dir=str(tmp_path), epochs=1)
     assert reused.get_layer("vgg16").input_shape[1:] == (64, 64, 3)
     assert "sees 64x64 inputs, not 32x32" in capsys.readouterr().out
 
@@ -93,23 +93,23 @@ def test_tuner_search_stores_trials_ranked_by_validation_accuracy(tmp_path):
 
 @pytest.mark.parametrize("place, expected", [("model", True), ("pipeline", False)])
 def test_augment_in_model_follows_an_explicit_choice(place, expected):
-    assert training.augment_in_model(place) is expected
+    assert augment.augment_in_model(place) is expected
 
 
 def test_augment_in_model_auto_means_inside_the_step_only_on_a_gpu():
     import tensorflow as tf
-    assert training.augment_in_model("auto") is bool(tf.config.list_physical_devices("GPU"))
+    assert augment.augment_in_model("auto") is bool(tf.config.list_physical_devices("GPU"))
 
 
 def test_augmentation_goes_either_to_the_pipeline_or_to_the_model():
     model = models.build_baseline()
-    assert training.pipeline_augmentation("tuned", 0, "pipeline") is not None
-    assert training.model_to_train(model, "tuned", 0, "pipeline") is model
-    assert training.pipeline_augmentation("tuned", 0, "model") is None
-    trainee = training.model_to_train(model, "tuned", 0, "model")
+    assert augment.pipeline_augmentation("tuned", 0, "pipeline") is not None
+    assert augment.model_to_train(model, "tuned", 0, "pipeline") is model
+    assert augment.pipeline_augmentation("tuned", 0, "model") is None
+    trainee = augment.model_to_train(model, "tuned", 0, "model")
     assert trainee.layers[1].xla and trainee.layers[2] is model
-    assert training.pipeline_augmentation(None, 0, "pipeline") is None
-    assert training.model_to_train(model, None, 0, "model") is model
+    assert augment.pipeline_augmentation(None, 0, "pipeline") is None
+    assert augment.model_to_train(model, None, 0, "model") is model
 
 
 @pytest.mark.parametrize("policy", ["float32", "mixed_float16"])
@@ -119,7 +119,7 @@ def test_augmentation_inside_the_model_only_acts_in_training(policy):
     keras.mixed_precision.set_global_policy(policy)
     try:
         model = models.build_baseline()  # no dropout: training=True alone changes nothing
-        trainee = training.with_augmentation(model, models.build_augmentation("original", seed=1))
+        trainee = augment.with_augmentation(model, augment.build_augmentation("original", seed=1))
     finally:
         keras.mixed_precision.set_global_policy("float32")
     assert trainee.trainable_weights == model.trainable_weights  # training it trains model
@@ -133,7 +133,7 @@ def test_augmentation_inside_the_model_only_acts_in_training(policy):
 def test_augmented_model_compiles_with_xla():
     import tensorflow as tf
     images = small_dataset(200, 10).x_train[:8]
-    trainee = training.model_to_train(models.build_baseline(), "tuned", 0, "model")
+    trainee = augment.model_to_train(models.build_baseline(), "tuned", 0, "model")
     step = tf.function(lambda x: trainee(x, training=True), jit_compile=True)
     assert step(images).shape == (8, 100)  # would raise if an op had no XLA kernel
 

@@ -1,0 +1,211 @@
+"""VGG16 transfer: the frozen ImageNet base with its own preprocessing inside the model, a
+head trained on features computed once, and optional fine-tuning of block 5."""
+
+import os
+
+import keras
+import numpy as np
+import tensorflow as tf
+from keras import layers
+
+from .data import IMAGE_SHAPE, indexed_batches
+from .hardware import precision_policy, set_seed
+from .inference import predict_in_batches
+from .models import RECIPES, classifier, image_input
+from .training import (check_epochs, existing, fast_path, finish, fit, fit_on_images,
+                       train_with_fallback)
+
+# VGG16's own ("caffe") preprocessing: RGB -> BGR, then subtract the ImageNet BGR mean.
+VGG16_BGR_MEAN = (103.939, 116.779, 123.68)
+VGG16_BASE_PARAMS = 14_714_688
+
+VGG16_WEIGHTS_HELP = (
+    "The ImageNet weights of VGG16 could not be downloaded. On a machine with internet "
+    "access, download vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5 (58 MB) from "
+    "https://storage.googleapis.com/tensorflow/keras-applications/vgg16/ , copy it here and "
+    "pass its path as `vgg16_weights=` (notebook parameter; CLI --vgg16-weights) or set the "
+    "environment variable VGG16_WEIGHTS=/path/to/vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5, "
+    "which the notebooks and the CLI read.")
+
+
+class WeightsUnavailableError(RuntimeError):
+    """VGG16's ImageNet weights cannot be obtained."""
+
+
+def resolve_vgg16_weights(weights="imagenet"):
+    """``weights`` ("imagenet", None or a local file), checked: a given file must exist."""
+    if weights not in ("imagenet", None) and not os.path.isfile(weights):
+        raise WeightsUnavailableError(f"VGG16 weights file not found: {weights!r}.\n"
+                                      + VGG16_WEIGHTS_HELP)
+    return weights
+
+
+VGG16_INPUT_SIZES = range(32, 225)  # VGG16 needs at least 32x32; 224 is its ImageNet size
+
+
+def check_vgg16_input_size(input_size):
+    if input_size not in VGG16_INPUT_SIZES:
+        raise ValueError(f"VGG16 input size must be an integer from 32 to 224, got {input_size!r}")
+    return input_size
+
+
+def build_vgg16_base(weights="imagenet", input_size=32):
+    """The frozen convolutional base of VGG16 (14,714,688 parameters) for square inputs of
+    ``input_size`` pixels: 32 (CIFAR's own size, as the original) or upscaled."""
+    weights = resolve_vgg16_weights(weights)
+    shape = (check_vgg16_input_size(input_size),) * 2 + (3,)
+    try:
+        base = keras.applications.VGG16(include_top=False, weights=weights, input_shape=shape)
+    except Exception as error:
+        if weights != "imagenet":
+            raise
+        raise WeightsUnavailableError(f"{VGG16_WEIGHTS_HELP}\n({type(error).__name__}: {error})") from None
+    base.trainable = False
+    return base
+
+
+def vgg16_preprocessing():
+    """VGG16's caffe preprocessing as a frozen 1x1 convolution (no Lambda, no custom code).
+
+    Channel c of the output is ``x[..., 2 - c] - VGG16_BGR_MEAN[c]``, exactly
+    ``keras.applications.vgg16.preprocess_input``. Kept in float32 under mixed precision.
+    """
+    layer = layers.Conv2D(3, 1, name="vgg16_preprocess", dtype="float32", trainable=False)
+    layer.build((None,) + IMAGE_SHAPE)
+    swap_rgb_bgr = np.eye(3, dtype="float32")[::-1].reshape(1, 1, 3, 3)
+    layer.set_weights([swap_rgb_bgr, -np.array(VGG16_BGR_MEAN, dtype="float32")])
+    return layer
+
+
+def vgg16_front(inputs, input_size=32):
+    """Raw 0-255 images -> (upscaled to ``input_size``) -> VGG16 preprocessing."""
+    x = inputs
+    if input_size != inputs.shape[1]:
+        # float32, like the preprocessing: float16 would round the 0-255 pixel values.
+        x = layers.Resizing(input_size, input_size, interpolation="bilinear",
+                            dtype="float32", name="upscale")(x)
+    return vgg16_preprocessing()(x)
+
+
+def build_vgg16_head(feature_shape=(1, 1, 512)):
+    """Flatten -> Dense512 -> Dense256 -> Dense100 on VGG16 features: 419,684 parameters."""
+    features = keras.Input(shape=feature_shape, name="vgg16_features")
+    x = layers.Flatten()(features)
+    x = layers.Dense(512, activation="relu")(x)
+    x = layers.Dense(256, activation="relu")(x)
+    return keras.Model(features, classifier(x), name="vgg16_head")
+
+
+def assemble_vgg16(base, head):
+    """One model from raw 32x32 images: (upscale ->) preprocessing -> frozen base -> head."""
+    inputs = image_input()
+    x = base(vgg16_front(inputs, base.input_shape[1]), training=False)
+    return keras.Model(inputs, head(x), name="vgg16_transfer")
+
+
+def build_vgg16(weights="imagenet", input_size=32):
+    base = build_vgg16_base(weights, input_size)
+    return assemble_vgg16(base, build_vgg16_head(base.output_shape[1:]))
+
+
+def unfreeze_block5(model):
+    """For fine-tuning: make VGG16's block 5 trainable, keep blocks 1-4 frozen."""
+    base = next(layer for layer in model.layers if layer.name == "vgg16")
+    base.trainable = True
+    for layer in base.layers:
+        layer.trainable = layer.name.startswith("block5")
+    return model
+
+
+def vgg16_feature_extractor(base):
+    """Raw 32x32 images -> the frozen base's features (upscaled first if the base is larger)."""
+    inputs = keras.Input(shape=(32, 32, 3))
+    return keras.Model(inputs, base(vgg16_front(inputs, base.input_shape[1]), training=False),
+                       name="vgg16_features")
+
+
+def train_vgg16(data, weights="imagenet", models_dir="models", epochs=None, retrain=False,
+                seed=0, finetune=False, finetune_epochs=None, strategy=None, verbose=1,
+                augment_on="auto", input_size=None):
+    """Frozen VGG16 base run once over train/validation images, head trained on the features,
+    then base + head assembled into one model from raw images and saved.
+
+    ``input_size`` (default: the recipe's 32) upscales the images inside the model; the
+    cached features then take 50,000 x (input_size / 32)^2 x 2 KiB of memory."""
+    recipe = RECIPES["vgg16"]
+    input_size = check_vgg16_input_size(recipe["input_size"] if input_size is None else input_size)
+    found = existing("vgg16", models_dir, retrain)
+    if found:
+        nested = {layer.name: layer for layer in found[0].layers}
+        saved_size = nested["vgg16"].input_shape[1] if "vgg16" in nested else input_size
+        if saved_size != input_size:
+            print(f"Note: the saved VGG16 model sees {saved_size}x{saved_size} inputs, not "
+                  f"{input_size}x{input_size}; set retrain=True to train it at the new size.")
+        return found
+    epochs = check_epochs(epochs if epochs is not None else recipe["epochs"])
+    if finetune:  # before hours of training, not after
+        check_epochs(finetune_epochs if finetune_epochs is not None
+                     else RECIPES["vgg16_finetune"]["epochs"])
+    set_seed(seed)
+    strategy = strategy or tf.distribute.get_strategy()
+    with strategy.scope():
+        base = build_vgg16_base(weights, input_size)
+        extractor = vgg16_feature_extractor(base)
+    train_features = predict_in_batches(extractor, data.x_train, description="VGG16 features (train)")
+    val_features = predict_in_batches(extractor, data.x_val, description="VGG16 features (validation)")
+    train_ds = feature_pipeline(train_features, data.y_train, recipe["batch_size"], shuffle=True, seed=seed)
+    val_ds = feature_pipeline(val_features, data.y_val, recipe["batch_size"])
+    work_dir = vgg16_checkpoints(models_dir, "vgg16", input_size)
+
+    def attempt(path, watch):
+        with precision_policy(path.precision), strategy.scope():
+            head = build_vgg16_head(train_features.shape[1:])
+            return head, fit(head, train_ds, val_ds, recipe, work_dir, epochs, verbose,
+                             jit_compile=path.jit_compile, callbacks=[watch])
+
+    head, history = train_with_fallback(attempt, fast_path(None, strategy=strategy), "vgg16")
+    with strategy.scope():
+        model = assemble_vgg16(base, head)
+    if finetune:
+        history = finetune_vgg16(model, data, history, models_dir, seed, verbose,
+                                 finetune_epochs, augment_on, strategy)
+    finish(model, history, "vgg16", models_dir, work_dir,
+           vgg16_checkpoints(models_dir, "vgg16_finetune", input_size))
+    return model, history
+
+
+def vgg16_checkpoints(models_dir, stage, input_size):
+    # Another input size gives other weight shapes: its checkpoints are kept apart.
+    suffix = "" if input_size == 32 else f"_{input_size}px"
+    return os.path.join(models_dir, "checkpoints", stage + suffix)
+
+
+def feature_pipeline(features, labels, batch_size, shuffle=False, seed=0):
+    return indexed_batches([features, labels], batch_size, shuffle, seed).prefetch(tf.data.AUTOTUNE)
+
+
+def finetune_vgg16(model, data, history, models_dir="models", seed=0, verbose=1, epochs=None,
+                   augment_on="auto", strategy=None):
+    """Unfreeze block 5 and train the whole model from images at a low learning rate.
+
+    Args:
+        model: the assembled VGG16 model (``assemble_vgg16``), built under ``strategy``.
+        data: a ``data.Dataset``.
+        history: the head's history, which the fine-tuning's is appended to.
+        models_dir: the folder of models and checkpoints (default "models").
+        seed: shuffling and augmentation seed (default 0).
+        verbose: Keras verbosity (default 1).
+        epochs: default None: the ``vgg16_finetune`` recipe's.
+        augment_on: "auto" (default), "pipeline" or "model": see ``augment_in_model``.
+        strategy: the strategy that built ``model`` (default None: the current one).
+
+    Returns:
+        The history of head and fine-tuning, one after the other.
+    """
+    recipe = RECIPES["vgg16_finetune"]
+    unfreeze_block5(model)
+    work_dir = vgg16_checkpoints(models_dir, "vgg16_finetune",
+                                 model.get_layer("vgg16").input_shape[1])
+    _, tuned = fit_on_images(lambda: model, data, recipe, work_dir, epochs, seed, augment_on,
+                             strategy, verbose)
+    return {key: history.get(key, []) + tuned.get(key, []) for key in set(history) | set(tuned)}
