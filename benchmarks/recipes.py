@@ -216,8 +216,8 @@ def budget(args):
 
     hardware.configure_hardware(precision=args.precision)
     precision = keras.mixed_precision.global_policy().name
-    bf16 = sorted(training.cpu_flags() & set(training.BF16_CPU_FLAGS))
-    hardware = f"{os.cpu_count()} CPU cores ({', '.join([cpu_name(), *bf16])})"
+    bf16 = sorted(hardware.cpu_flags() & set(hardware.BF16_CPU_FLAGS))
+    machine = f"{os.cpu_count()} CPU cores ({', '.join([cpu_name(), *bf16])})"
     dataset = data.load_dataset("cifar100", archive=args.archive, verify=not args.no_verify)
     if args.recipe == "third_resnet9":
         recipe = models.RECIPES["third_resnet9"]
@@ -232,7 +232,7 @@ def budget(args):
     test_top1 = float((probabilities.argmax(1) == dataset.y_test.ravel()).mean())
     run = dict(recipe=args.recipe, epochs=args.epochs, test_top1=round(test_top1, 4),
                val_top1=round(float(history["val_accuracy"][-1]), 4),
-               trained_on=f"{hardware}, TensorFlow {tf.__version__}, {precision}: "
+               trained_on=f"{machine}, TensorFlow {tf.__version__}, {precision}: "
                           f"python benchmarks/recipes.py budget --epochs {args.epochs}"
                           f" --recipe {args.recipe}, not shipped",
                minutes_of_this_run=round(wall / 60, 1))
