@@ -45,7 +45,7 @@ HEAVY = {"third_tuned": 4}
 
 
 def image_models():
-    """The image models the full pipeline trains, by recipe name (recipes in models.RECIPES)."""
+    """The image models the full pipeline trains, by recipe name (recipes in recipes.RECIPES)."""
     from cifar100cnn import models
 
     return {"baseline": models.build_baseline, "overfit": models.build_overfit,
@@ -182,17 +182,17 @@ def original_vgg16_runner(x, y, size, work_dir):
 
 def head_runner(features, y, work_dir, steps_per_execution=None):
     """One head epoch on cached features at full size (40,000 / 10,000): no scaling."""
-    from cifar100cnn.models import RECIPES
     from cifar100cnn.optimization import compile_model
+    from cifar100cnn.recipes import RECIPES
     from cifar100cnn.transfer import build_vgg16_head, feature_pipeline
 
     recipe = RECIPES["vgg16"]
     train = np.resize(features, (N_TRAIN,) + features.shape[1:])
     val = np.resize(features, (N_VAL,) + features.shape[1:])
-    train_ds = feature_pipeline(train, np.resize(y, N_TRAIN), recipe["batch_size"], shuffle=True)
-    val_ds = feature_pipeline(val, np.resize(y, N_VAL), recipe["batch_size"])
+    train_ds = feature_pipeline(train, np.resize(y, N_TRAIN), recipe.batch_size, shuffle=True)
+    val_ds = feature_pipeline(val, np.resize(y, N_VAL), recipe.batch_size)
     head = build_vgg16_head(features.shape[1:])
-    compile_model(head, recipe, int(train_ds.cardinality()), recipe["epochs"])
+    compile_model(head, recipe, int(train_ds.cardinality()))
     if steps_per_execution is not None:  # the package's recipe sets its own
         head.steps_per_execution = steps_per_execution
     return epoch_runner(head, work_dir, x=train_ds, validation_data=val_ds)
@@ -216,7 +216,7 @@ def measure_vgg16(x, y, size, work_dir):
     """Phase seconds of one original epoch (on a sample) and of one head epoch (full size,
     with the recipe's steps_per_execution and with one batch per call), and the seconds of
     the feature pass over ``vgg_extract`` images."""
-    from cifar100cnn.models import RECIPES
+    from cifar100cnn.recipes import RECIPES
 
     features, runs = extraction_runners(x, size["vgg_extract"])
     runs["original"] = original_vgg16_runner(x, y, size, os.path.join(work_dir, "vgg_original"))
@@ -225,7 +225,7 @@ def measure_vgg16(x, y, size, work_dir):
     m = interleaved(runs, size["repeats"])
     clear_keras()
     return dict(m, n_train=size["vgg_train"], n_val=size["vgg_train"] // 4,
-                n_extract=size["vgg_extract"], epochs=RECIPES["vgg16"]["epochs"])
+                n_extract=size["vgg_extract"], epochs=RECIPES["vgg16"].epochs)
 
 
 # ---------------------------------------------------------------------------
@@ -285,8 +285,8 @@ def three_layer_original_augmentation():
 def measure_augmentation(x, y, size):
     """Images/s of one pass of augmented batches: the legacy generator, the package's tf.data
     pipeline, and the same pipeline with three Keras layers."""
-    from cifar100cnn.data import make_pipeline
     from cifar100cnn.augment import build_augmentation
+    from cifar100cnn.data import make_pipeline
 
     n = size["aug"]
     batches, legacy_name = legacy_generator_batches(x[:n] / 255.0, one_hot(y[:n]))
@@ -390,29 +390,29 @@ def measure_memory(work_dir):
 def image_model_runner(name, x, y, size, work_dir, build=None, augment_on="auto"):
     """(model, one-epoch runner, n_train, n_val) for a model trained by its recipe on a sample,
     its augmentation placed as ``training.train_image_model`` places it."""
-    from cifar100cnn.data import make_pipeline
-    from cifar100cnn.models import RECIPES
     from cifar100cnn.augment import model_to_train, pipeline_augmentation
+    from cifar100cnn.data import make_pipeline
     from cifar100cnn.optimization import compile_model
+    from cifar100cnn.recipes import RECIPES
 
     recipe = RECIPES[name]
     n_train = size["model_train"] // HEAVY.get(name, 1)
     n_val = n_train // 4
     val_ds = make_pipeline(x[n_train:n_train + n_val], y[n_train:n_train + n_val],
-                           recipe["batch_size"])
-    train_ds = make_pipeline(x[:n_train], y[:n_train], recipe["batch_size"], shuffle=True,
-                             augment=pipeline_augmentation(recipe["augmentation"], 0, augment_on))
+                           recipe.batch_size)
+    train_ds = make_pipeline(x[:n_train], y[:n_train], recipe.batch_size, shuffle=True,
+                             augment=pipeline_augmentation(recipe.augmentation, 0, augment_on))
     model = (build or image_models()[name])()
-    trainee = model_to_train(model, recipe["augmentation"], 0, augment_on)
-    compile_model(trainee, recipe, int(train_ds.cardinality()), recipe["epochs"])
+    trainee = model_to_train(model, recipe.augmentation, 0, augment_on)
+    compile_model(trainee, recipe, int(train_ds.cardinality()))
     runner = epoch_runner(trainee, os.path.join(work_dir, name), x=train_ds, validation_data=val_ds)
     return model, runner, n_train, n_val
 
 
 def training_sample(name, phases, n_train, n_val):
-    from cifar100cnn.models import RECIPES
+    from cifar100cnn.recipes import RECIPES
 
-    return dict(name=name, epochs=RECIPES[name]["epochs"], phases=phases, n_train=n_train,
+    return dict(name=name, epochs=RECIPES[name].epochs, phases=phases, n_train=n_train,
                 n_val=n_val)
 
 
@@ -457,12 +457,13 @@ def third_tuned_variants():
     The package: its model, the policy ``configure_hardware`` set, augmentation where "auto"
     puts it."""
     import keras
-    from cifar100cnn.models import RECIPES, build_third_tuned
     from cifar100cnn.augment import augment_in_model
+    from cifar100cnn.models import build_third_tuned
+    from cifar100cnn.recipes import RECIPES
 
     policy = keras.mixed_precision.global_policy().name
     package = f"package ({policy})"
-    narrow_widths = tuple(width // 2 for width in RECIPES["third_tuned"]["widths"])
+    narrow_widths = tuple(width // 2 for width in RECIPES["third_tuned"].widths)
     narrow = f"widths={narrow_widths}"
     variants = {package: (None, policy, "auto"),
                 narrow: (lambda: build_third_tuned(widths=narrow_widths), policy, "auto")}

@@ -59,9 +59,9 @@ class Clock:
 
 def builders(data, dry):
     """name -> function building the model (the tuned third model at 1/8 width when dry)."""
-    from cifar100cnn import models
+    from cifar100cnn import models, recipes
 
-    widths = (16, 32, 64) if dry else models.RECIPES["third_tuned"]["widths"]
+    widths = (16, 32, 64) if dry else recipes.THIRD_TUNED.widths
     return {"baseline": models.build_baseline, "overfit": models.build_overfit,
             "third_original": models.build_third_original,
             "third": lambda: models.build_third("tuned", data.x_train, widths=widths)}
@@ -82,15 +82,15 @@ def quick_pipeline(data, strategy, folder, dry):
     """One epoch of each model with every GPU path forced; each saved model is loaded in
     safe mode and must be float32. Returns a result row. Dry: the third model's original
     recipe alone (it has every path; XLA compilation costs a CPU 5-15 s per model)."""
-    from cifar100cnn import artifacts, hardware, training
+    from cifar100cnn import artifacts, hardware, recipes, training
 
     started, fallbacks, loaded = time.perf_counter(), [], 0
     build = builders(data, dry)
     chosen = IMAGE_MODELS[2:3] if dry else IMAGE_MODELS
     with hardware.precision_policy("mixed_float16"):
         for name, recipe in chosen:
-            _, fell = quietly(training.train_image_model, name, build[name], data, recipe,
-                              folder, epochs=1, strategy=strategy, verbose=0,
+            _, fell = quietly(training.train_image_model, name, build[name], data,
+                              recipes.recipe(recipe, epochs=1), folder, strategy=strategy, verbose=0,
                               augment_on="model", jit_compile=True)
             fallbacks += fell
             model = artifacts.load_model(artifacts.model_path(name, folder))
@@ -107,12 +107,13 @@ def quick_pipeline(data, strategy, folder, dry):
 
 def two_epochs(name, recipe, build, data, strategy, folder):
     """Two epochs of one model on ``data`` with the default (automatic) paths."""
-    from cifar100cnn import training
+    from cifar100cnn import recipes, training
 
     started = time.perf_counter()
-    path = training.fast_path(training.RECIPES[recipe]["augmentation"], strategy=strategy)
-    (_, history), fell = quietly(training.train_image_model, name, build, data, recipe, folder,
-                                 epochs=2, strategy=strategy, verbose=0)
+    path = training.fast_path(recipes.RECIPES[recipe].augmentation, strategy=strategy)
+    (_, history), fell = quietly(training.train_image_model, name, build, data,
+                                 recipes.recipe(recipe, epochs=2), folder, strategy=strategy,
+                                 verbose=0)
     first, second = history["seconds"][:2]
     note = (f"first epoch {first:.1f} s (with compilation); path: "
             + (", ".join(path.fast_parts()) or "plain") + ("; " + " | ".join(fell) if fell else ""))
@@ -122,11 +123,11 @@ def two_epochs(name, recipe, build, data, strategy, folder):
 
 def vgg16_epochs(data, strategy, folder):
     """VGG16 (random weights: the speed is the same): features once, then 2 head epochs."""
-    from cifar100cnn import transfer
+    from cifar100cnn import recipes, transfer
 
     started = time.perf_counter()
-    (_, history), fell = quietly(transfer.train_vgg16, data, weights=None, models_dir=folder,
-                                 epochs=2, strategy=strategy, verbose=0)
+    (_, history), fell = quietly(transfer.train_vgg16, data, recipes.recipe("vgg16", epochs=2),
+                                 weights=None, models_dir=folder, strategy=strategy, verbose=0)
     total = time.perf_counter() - started
     features = total - sum(history["seconds"])
     note = (f"features of {len(data.x_train) + len(data.x_val):,} images {features:.1f} s (once); "
@@ -138,18 +139,18 @@ def vgg16_epochs(data, strategy, folder):
 def projections(rows, n_train):
     """The default pipeline's and the tuned model's training time from the measured epochs,
     scaled to 40,000 training images when the data was smaller."""
-    from cifar100cnn.models import RECIPES
+    from cifar100cnn.recipes import RECIPES
 
     scale = 40_000 / n_train
     measured = {row["model"]: row for row in rows if "epoch_s" in row}
-    parts = {name: RECIPES[row["recipe"]]["epochs"] * row["epoch_s"] * scale
+    parts = {name: RECIPES[row["recipe"]].epochs * row["epoch_s"] * scale
              for name, row in measured.items()}
     if "vgg16" in measured:
         parts["vgg16"] += measured["vgg16"]["features_s"] * scale
     missing = [name for name, _ in IMAGE_MODELS + (("vgg16", "vgg16"),) if name not in parts]
     total = sum(parts.values())
     scaled = "" if scale == 1 else f" (scaled x{scale:.0f} to 40,000 images)"
-    formula = " + ".join(f"{name} {RECIPES[measured[name]['recipe']]['epochs']} ep"
+    formula = " + ".join(f"{name} {RECIPES[measured[name]['recipe']].epochs} ep"
                          for name in parts)
     verdict = "goal <= 10 min: " + ("met" if total <= GOAL_S and not missing else "not met")
     result = [dict(step="projected full default pipeline (training)", seconds=total,
@@ -157,7 +158,7 @@ def projections(rows, n_train):
                         + (f"; not measured: {', '.join(missing)}" if missing else ""))]
     if "third" in parts:
         result.append(dict(step="projected tuned third model", seconds=parts["third"],
-                           note=f"{RECIPES['third_tuned']['epochs']} epochs x "
+                           note=f"{RECIPES['third_tuned'].epochs} epochs x "
                                 f"{measured['third']['epoch_s']:.1f} s{scaled}"))
     return result
 

@@ -51,27 +51,27 @@ def cpu_name():
 
 
 def build(recipe_name, x_train):
-    from cifar100cnn import models
+    from cifar100cnn import models, recipes
 
-    recipe = models.RECIPES[recipe_name]
+    recipe = recipes.RECIPES[recipe_name]
     if recipe_name == "third_resnet9":
-        return models.build_resnet9(recipe["width"], recipe["dropout"])
-    return models.build_third_tuned(recipe["widths"], models.whitening_kernel(x_train))
+        return models.build_resnet9(recipe.width, recipe.dropout)
+    return models.build_third_tuned(recipe.widths, models.whitening_kernel(x_train))
 
 
 def time_recipe(recipe_name, precision, x, y, steps):
     """Seconds per training step and per validation image for one recipe and precision."""
     import keras
 
-    from cifar100cnn import augment, data, models
+    from cifar100cnn import augment, data, recipes
     from cifar100cnn.optimization import compile_model
 
     keras.mixed_precision.set_global_policy(precision)
-    recipe = models.RECIPES[recipe_name]
+    recipe = recipes.RECIPES[recipe_name]
     model = build(recipe_name, x)
-    augmentation = augment.build_augmentation(recipe["augmentation"], seed=0)
-    train = data.make_pipeline(x, y, recipe["batch_size"], shuffle=True, augment=augmentation)
-    compile_model(model, recipe, steps, recipe["epochs"])
+    augmentation = augment.build_augmentation(recipe.augmentation, seed=0)
+    train = data.make_pipeline(x, y, recipe.batch_size, shuffle=True, augment=augmentation)
+    compile_model(model, recipe, steps)
     model.fit(train, steps_per_epoch=2, epochs=1, verbose=0)  # warm-up: tracing, oneDNN set-up
     start = time.perf_counter()
     model.fit(train, steps_per_epoch=steps, epochs=1, verbose=0)
@@ -81,7 +81,7 @@ def time_recipe(recipe_name, precision, x, y, steps):
     start = time.perf_counter()
     model.evaluate(val, verbose=0)
     per_val_image = (time.perf_counter() - start) / 2000
-    epoch = -(-N_TRAIN // recipe["batch_size"]) * step + N_VAL * per_val_image
+    epoch = -(-N_TRAIN // recipe.batch_size) * step + N_VAL * per_val_image
     return dict(step_seconds=step, val_image_seconds=per_val_image, epoch_seconds=epoch)
 
 
@@ -97,12 +97,12 @@ def speed(args):
                 result = time_recipe(recipe_name, precision, x, y, args.steps)
                 samples[(recipe_name, precision)].append(result)
                 print(recipe_name, precision, {k: round(v, 4) for k, v in result.items()}, flush=True)
-    from cifar100cnn import models
+    from cifar100cnn import recipes
 
     rows = []
     for (recipe_name, precision), results in samples.items():
         epoch = statistics.median(r["epoch_seconds"] for r in results)
-        epochs = models.RECIPES[recipe_name]["epochs"]
+        epochs = recipes.RECIPES[recipe_name].epochs
         rows.append(dict(recipe=recipe_name, precision=precision, epoch_seconds=epoch,
                          epochs=epochs, training_minutes=epoch * epochs / 60,
                          samples=[r["epoch_seconds"] for r in results]))
@@ -181,7 +181,7 @@ def precision_check(args):
     """The same short tuned-recipe run in float32 and mixed_bfloat16 on real CIFAR-100."""
     import keras
 
-    from cifar100cnn import data, models, training
+    from cifar100cnn import data, models, recipes, training
 
     dataset = data.load_dataset("cifar100", archive=args.archive, verify=not args.no_verify)
     subset = dataclasses.replace(dataset, x_train=dataset.x_train[:args.train],
@@ -193,7 +193,7 @@ def precision_check(args):
         start = time.perf_counter()
         model, history = training.train_image_model(
             "third", lambda: models.build_third("tuned", whitening_images=subset.x_train), subset,
-            "third_tuned", work, epochs=args.epochs, retrain=True, verbose=0)
+            recipes.recipe("third_tuned", epochs=args.epochs), work, retrain=True, verbose=0)
         results.append(dict(precision=precision, seconds=time.perf_counter() - start,
                             val_accuracy=history["val_accuracy"]))
         print(results[-1], flush=True)
@@ -209,7 +209,7 @@ def precision_check(args):
 
 def budget(args):
     """Train ``args.recipe`` for ``args.epochs`` epochs on real CIFAR-100 and test it once."""
-    from cifar100cnn import data, hardware, inference, models, training
+    from cifar100cnn import data, hardware, inference, models, recipes, training
 
     import keras
     import tensorflow as tf
@@ -220,13 +220,14 @@ def budget(args):
     machine = f"{os.cpu_count()} CPU cores ({', '.join([cpu_name(), *bf16])})"
     dataset = data.load_dataset("cifar100", archive=args.archive, verify=not args.no_verify)
     if args.recipe == "third_resnet9":
-        recipe = models.RECIPES["third_resnet9"]
-        builder = lambda: models.build_resnet9(recipe["width"], recipe["dropout"])  # noqa: E731
+        recipe = recipes.THIRD_RESNET9
+        builder = lambda: models.build_resnet9(recipe.width, recipe.dropout)  # noqa: E731
     else:
         builder = lambda: models.build_third("tuned", whitening_images=dataset.x_train)  # noqa: E731
     start = time.perf_counter()
-    model, history = training.train_image_model("third", builder, dataset, args.recipe, args.work,
-                                                epochs=args.epochs, verbose=2)
+    model, history = training.train_image_model(
+        "third", builder, dataset, recipes.recipe(args.recipe, epochs=args.epochs), args.work,
+        verbose=2)
     wall = time.perf_counter() - start
     probabilities = inference.predict_in_batches(model, dataset.x_test)
     test_top1 = float((probabilities.argmax(1) == dataset.y_test.ravel()).mean())

@@ -11,6 +11,7 @@ cut short keeps what it finished.
 """
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -20,7 +21,7 @@ import keras
 import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-from cifar100cnn import augment, data, models  # noqa: E402
+from cifar100cnn import augment, data, models, recipes  # noqa: E402
 from cifar100cnn.optimization import compile_model  # noqa: E402
 
 OLD = dict(arch="resnet9", width=32, dropout=0.2, epochs=30, batch_size=128, optimizer="sgd",
@@ -64,6 +65,12 @@ def parse_candidate(name, grid):
     return c
 
 
+def as_recipe(c):
+    """The ``recipes.Recipe`` of candidate ``c`` (its training fields)."""
+    fields = {field.name for field in dataclasses.fields(recipes.Recipe)}
+    return recipes.Recipe(**{key: value for key, value in c.items() if key in fields})
+
+
 def build(c, x_train):
     if c["arch"] == "resnet9":
         return models.build_third_tuned(width=c["width"], dropout=c["dropout"])
@@ -78,7 +85,7 @@ def run(name, c, d, seed=0):
     inputs = keras.Input(shape=(32, 32, 3))
     trainee = keras.Model(inputs, model(augmentation(inputs)))
     steps = -(-len(d["x_train"]) // c["batch_size"])
-    compile_model(trainee, c, steps, c["epochs"])
+    compile_model(trainee, as_recipe(c), steps)
     times = []
     timer = keras.callbacks.LambdaCallback(
         on_epoch_begin=lambda e, logs: times.append(time.time()),

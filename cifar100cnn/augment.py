@@ -25,6 +25,18 @@ def affine_transforms(angles, shifts_x, shifts_y, flips_x, flips_y, height, widt
 
     Output pixel (x, y) reads the input at ``R(angle) F (p - centre) + centre + shift``, where
     F multiplies x and y by the flips (+1 or -1): rotation, flips and shifts in one resampling.
+
+    Args:
+        angles: rotation per image, in radians (shape (n,)).
+        shifts_x: horizontal shift per image, in pixels.
+        shifts_y: vertical shift per image, in pixels.
+        flips_x: +1 or -1 per image (-1 mirrors left-right).
+        flips_y: +1 or -1 per image (-1 mirrors top-bottom).
+        height: image height in pixels.
+        width: image width in pixels.
+
+    Returns:
+        A tensor of shape (n, 8).
     """
     ops = keras.ops
     cos, sin = ops.cos(angles), ops.sin(angles)
@@ -39,7 +51,16 @@ def affine_transforms(angles, shifts_x, shifts_y, flips_x, flips_y, height, widt
 
 def fill_coordinates(coords, size, fill_mode):
     """Source coordinates outside ``[0, size - 1]`` brought inside, as TensorFlow's image
-    transform does: "nearest" clamps, "reflect" mirrors about the edge (d c b a | a b c d)."""
+    transform does.
+
+    Args:
+        coords: source coordinates along one axis (a float tensor).
+        size: the image's size along that axis, in pixels.
+        fill_mode: "nearest" clamps, "reflect" mirrors about the edge (d c b a | a b c d).
+
+    Returns:
+        The coordinates, all within ``[0, size - 1]``.
+    """
     ops = keras.ops
     if fill_mode == "reflect":
         coords = ops.mod(coords, 2.0 * size)
@@ -54,6 +75,14 @@ def resample_affine(images, transforms, fill_mode="nearest"):
 
     TensorFlow 2.21 has no XLA kernel for its affine-transform op; this version compiles, so
     augmentation inside a model does not keep the training step from XLA on a GPU.
+
+    Args:
+        images: float images, shape (n, height, width, channels).
+        transforms: rows of ``affine_transforms``, shape (n, 8).
+        fill_mode: "nearest" (default) or "reflect": see ``fill_coordinates``.
+
+    Returns:
+        The resampled images, same shape as ``images``.
     """
     ops = keras.ops
     n = ops.shape(images)[0]
@@ -144,8 +173,17 @@ class RandomAffine(layers.Layer):
 
 
 def build_augmentation(kind, seed=0, xla=False):
-    """The random transform applied to training batches (or None): in tf.data, or with
-    ``xla=True`` as the first layer of the model being trained."""
+    """The random transform applied to training batches.
+
+    Args:
+        kind: a preset of ``AUGMENTATIONS`` ("original", "tuned", "resnet9") or None.
+        seed: its random seed (default 0).
+        xla: default False: TensorFlow's resampling kernel (for tf.data on a CPU); True:
+            ``resample_affine``, compilable by XLA (the first layer of the model being trained).
+
+    Returns:
+        A float32 ``RandomAffine`` layer, or None for ``kind=None``.
+    """
     if kind is None:
         return None
     if kind not in AUGMENTATIONS:
@@ -159,12 +197,18 @@ AUGMENT_PLACES = ("auto", "pipeline", "model")
 
 
 def augment_in_model(augment_on="auto"):
-    """Where augmentation runs: ``True`` = inside the training step, ``False`` = tf.data map.
+    """Where augmentation runs.
 
-    "auto" puts it inside the step when a GPU is present (batches travel to the GPU as
-    uint8 and are transformed there, compiled with the rest of the step by XLA; the host CPU
-    only gathers them) and in the parallel tf.data map on CPU-only machines (there it runs
+    "auto" puts it inside the training step when a GPU is present (batches travel to the GPU
+    as uint8 and are transformed there, compiled with the rest of the step by XLA; the host
+    CPU only gathers them) and in the parallel tf.data map on CPU-only machines (there it runs
     beside the training step instead of inside it).
+
+    Args:
+        augment_on: "auto" (default), "pipeline" or "model".
+
+    Returns:
+        ``True`` for inside the training step, ``False`` for the tf.data map.
     """
     if augment_on not in AUGMENT_PLACES:
         raise ValueError(f"augment_on must be one of {AUGMENT_PLACES}, got {augment_on!r}")
@@ -174,22 +218,50 @@ def augment_in_model(augment_on="auto"):
 
 
 def with_augmentation(model, augment):
-    """``augment -> model`` as one model to train. It shares ``model``'s layers, so training
-    it trains ``model``, which stays free of augmentation and is what gets saved."""
+    """``augment -> model`` as one model to train.
+
+    Args:
+        model: the model that gets saved; it stays free of augmentation.
+        augment: the augmentation layer.
+
+    Returns:
+        A model sharing ``model``'s layers, so that training it trains ``model``.
+    """
     inputs = keras.Input(shape=model.input_shape[1:], name="image")
     return keras.Model(inputs, model(augment(inputs)), name=f"{model.name}_augmented")
 
 
 def pipeline_augmentation(kind, seed, augment_on):
-    """The augmentation for the tf.data map; None when there is none or it runs in the model."""
+    """The augmentation for the tf.data map.
+
+    Args:
+        kind: a preset of ``AUGMENTATIONS`` or None.
+        seed: its random seed.
+        augment_on: "auto", "pipeline" or "model": see ``augment_in_model``.
+
+    Returns:
+        A ``RandomAffine`` layer; None when there is no augmentation or it runs in the model.
+    """
     if kind is None or augment_in_model(augment_on):
         return None
     return build_augmentation(kind, seed)
 
 
 def model_to_train(model, kind, seed, augment_on):
-    """``model``, preceded by augmentation ``kind`` when that runs in the model (compilable
-    with XLA). Call under the strategy that built ``model``."""
+    """``model``, preceded by augmentation ``kind`` when that runs in the model.
+
+    Call it under the strategy that built ``model``.
+
+    Args:
+        model: the model to train.
+        kind: a preset of ``AUGMENTATIONS`` or None.
+        seed: the augmentation's random seed.
+        augment_on: "auto", "pipeline" or "model": see ``augment_in_model``.
+
+    Returns:
+        ``model`` itself, or ``with_augmentation(model, ...)`` with an XLA-compilable
+        ``RandomAffine`` in front.
+    """
     if kind is None or not augment_in_model(augment_on):
         return model
     return with_augmentation(model, build_augmentation(kind, seed, xla=True))

@@ -136,19 +136,19 @@ def train(name, data, models_dir="models", epochs=None, seed=0, precision="auto"
     """
     chief = is_chief()
     strategy = tf.distribute.MultiWorkerMirroredStrategy()
-    from . import artifacts, hardware, training
+    from . import artifacts, hardware, recipes, training
 
     hardware.set_precision(precision)
 
-    build, recipe = builder(name, data)
+    build, recipe_name = builder(name, data)
     if chief:  # an earlier, interrupted run must not be resumed by the chief alone
         shutil.rmtree(os.path.join(models_dir, "checkpoints", name), ignore_errors=True)
     scratch = None if chief else tempfile.mkdtemp(prefix="cifar100cnn_worker_")
     folder = models_dir if chief else os.path.join(scratch, "models")  # logs/ beside models/
     try:
         model, history = training.train_image_model(
-            name, build, data, recipe, folder, epochs=epochs, retrain=True, seed=seed,
-            strategy=strategy, verbose=verbose if chief else 0)
+            name, build, data, recipes.recipe(recipe_name, epochs=epochs), folder, retrain=True,
+            seed=seed, strategy=strategy, verbose=verbose if chief else 0)
     finally:
         if scratch:
             shutil.rmtree(scratch, ignore_errors=True)

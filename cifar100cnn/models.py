@@ -4,7 +4,7 @@ Every model takes raw 32x32x3 images with pixel values 0-255 (uint8 or float) an
 own preprocessing as built-in, parameter-free or frozen layers, so any saved model loads
 with ``keras.models.load_model(path)`` under ``safe_mode=True`` and needs no custom code.
 
-Each recipe's hyperparameters live in ``RECIPES`` below, in one place.
+How each model trains is its recipe, in ``recipes``.
 """
 
 import keras
@@ -12,42 +12,20 @@ import numpy as np
 from keras import layers
 
 from .data import IMAGE_SHAPE, NUM_CLASSES
+from .recipes import THIRD_TUNED
 
-
-# One place for every recipe's training hyperparameters.
-# steps_per_execution runs several batches per call into TensorFlow: it pays off where the
-# per-batch overhead dominates (the VGG16 head on cached features: about 2x; overfit: 1.2x).
-RECIPES = {
-    "baseline": dict(epochs=30, batch_size=100, optimizer="rmsprop", learning_rate=1e-3,
-                     augmentation=None, early_stopping=None),
-    "overfit": dict(epochs=100, batch_size=100, optimizer="rmsprop", learning_rate=1e-3,
-                    augmentation=None, early_stopping=None, steps_per_execution=20),
-    # The original's third model: rotation 40 deg, vertical flip, shifts 0.2 (nearest fill).
-    "third_original": dict(epochs=30, batch_size=100, optimizer="rmsprop", learning_rate=1e-3,
-                       augmentation="original", early_stopping=None, steps_per_execution=20),
-    # Ours: the CIFAR speed-record family (whitened input, three wide conv-pool blocks),
-    # trained briefly at a high rate: 0.73 test top-1 in less time than the ResNet-9 below.
-    "third_tuned": dict(epochs=16, batch_size=512, optimizer="sgd", learning_rate=1.2,
-                        momentum=0.9, weight_decay=1e-2, label_smoothing=0.2, warmup=0.15,
-                        widths=(128, 256, 512), augmentation="tuned", early_stopping=None),
-    # Our earlier tuned recipe (ResNet-9 style, width 32): 0.644, kept for comparison.
-    "third_resnet9": dict(epochs=30, batch_size=128, optimizer="sgd", learning_rate=0.1,
-                          momentum=0.9, weight_decay=5e-4, label_smoothing=0.1,
-                          width=32, dropout=0.2, augmentation="resnet9", early_stopping=8),
-    # VGG16 head on cached features of the frozen base. input_size > 32 upscales the images
-    # inside the model before the base (an option for GPU users: cost grows as its square).
-    "vgg16": dict(epochs=100, batch_size=100, optimizer="rmsprop", learning_rate=1e-3,
-                  augmentation=None, early_stopping=None, steps_per_execution=50,
-                  input_size=32),
-    # Optional fine-tuning of block 5 after the head is trained (GPU users).
-    "vgg16_finetune": dict(epochs=10, batch_size=100, optimizer="rmsprop", learning_rate=1e-5,
-                           augmentation="tuned", early_stopping=4),
-}
 THIRD_PRESETS = ("tuned", "original")
 
 
 def image_input(name="image"):
-    """The input of every model: raw 32x32x3 images."""
+    """The input of every model: raw 32x32x3 images with pixel values 0-255.
+
+    Args:
+        name: the input's name (default "image").
+
+    Returns:
+        A Keras tensor.
+    """
     return keras.Input(shape=IMAGE_SHAPE, name=name)
 
 
@@ -56,13 +34,25 @@ def _rescale(inputs):
 
 
 def classifier(x, name="predictions"):
-    """The 100-way softmax every model ends with."""
+    """The 100-way softmax every model ends with (float32 under mixed precision).
+
+    Args:
+        x: the features, a Keras tensor.
+        name: the layer's name (default "predictions").
+
+    Returns:
+        The class probabilities, a Keras tensor.
+    """
     # float32 output keeps softmax stable under mixed precision.
     return layers.Dense(NUM_CLASSES, activation="softmax", dtype="float32", name=name)(x)
 
 
 def build_baseline():
-    """Conv32 -> pool -> Dense256 -> Dense100: 1,870,052 parameters."""
+    """Conv32 -> pool -> Dense256 -> Dense100.
+
+    Returns:
+        A Keras model: 1,870,052 parameters.
+    """
     inputs = image_input()
     x = _rescale(inputs)
     x = layers.Conv2D(32, 3, activation="relu")(x)
@@ -82,7 +72,11 @@ def _original_conv_base(x):
 
 
 def build_overfit():
-    """Conv32-pool-Conv64-pool-Conv128 -> Dense512 -> Dense256 -> Dense100: 1,299,364 parameters."""
+    """Conv32-pool-Conv64-pool-Conv128 -> Dense512 -> Dense256 -> Dense100.
+
+    Returns:
+        A Keras model: 1,299,364 parameters.
+    """
     inputs = image_input()
     x = _original_conv_base(_rescale(inputs))
     x = layers.Dense(512, activation="relu")(x)
@@ -91,7 +85,11 @@ def build_overfit():
 
 
 def build_third_original():
-    """The original third model: the overfit conv base, Dropout(0.5), Dense256: 643,492 parameters."""
+    """The original third model: the overfit conv base, Dropout(0.5), Dense256.
+
+    Returns:
+        A Keras model: 643,492 parameters.
+    """
     inputs = image_input()
     x = _original_conv_base(_rescale(inputs))
     x = layers.Dropout(0.5)(x)
@@ -113,11 +111,17 @@ def _residual(x, filters):
 
 
 def build_resnet9(width=32, dropout=0.2):
-    """Our earlier tuned third model, a ResNet-9-style network: BN conv blocks, two residual stages, global pooling.
+    """Our earlier tuned third model, a ResNet-9-style network: BN conv blocks, two residual
+    stages, global pooling.
 
-    ``width`` 32 gives 1.67 M parameters (160-550 s per 40,000-image epoch on two CPU cores,
-    depending on the CPU: see docs/BENCHMARKS.md); 16 is about four times cheaper; 64 (6.6 M)
-    suits GPUs.
+    Args:
+        width: channels of the first convolution (default 32: 1.67 M parameters, 160-550 s per
+            40,000-image epoch on two CPU cores depending on the CPU, docs/BENCHMARKS.md); 16 is
+            about four times cheaper; 64 (6.6 M) suits GPUs.
+        dropout: dropout rate before the classifier (default 0.2).
+
+    Returns:
+        A Keras model.
     """
     inputs = image_input()
     x = _standardize(inputs)
@@ -146,9 +150,17 @@ def _standardize(inputs):
 def whitening_kernel(images, patch=2, eps=5e-4, max_patches=200_000, seed=0):
     """A ``patch`` x ``patch`` convolution kernel that whitens image patches (ZCA-like, as in
     the CIFAR speed records): the covariance's eigenvectors scaled by 1/sqrt(eigenvalue),
-    each with its negative, so ReLU/GELU after it keeps both signs. Shape (p, p, 3, 2 p^2 3).
+    each with its negative, so ReLU/GELU after it keeps both signs.
 
-    ``images``: uint8 (N, 32, 32, 3) training images (never validation or test images).
+    Args:
+        images: uint8 (N, 32, 32, 3) training images (never validation or test images).
+        patch: the kernel's side in pixels (default 2).
+        eps: added to the eigenvalues (default 5e-4).
+        max_patches: patches sampled at the most (default 200,000).
+        seed: the sampling seed (default 0).
+
+    Returns:
+        A float32 array of shape (patch, patch, 3, 2 * patch^2 * 3).
     """
     rng = np.random.default_rng(seed)
     x = (images.astype("float32") / 255 - np.array(CIFAR100_MEAN, "float32")) / np.array(CIFAR100_STD, "float32")
@@ -185,10 +197,13 @@ def build_third_tuned(widths=(128, 256, 512), whitening=None, activation="relu",
     Args:
         widths: channels of the three blocks (default ``(128, 256, 512)``).
         whitening: optional kernel from ``whitening_kernel`` (shape (2, 2, 3, 24)); ``None``
-            keeps the layer's random initialization (still frozen).
+            (default) keeps the layer's random initialization (still frozen).
         activation: ``"relu"`` (default) or ``"gelu"``.
         logit_scale: factor on the logits before the softmax (default 1/9).
         dropout: dropout rate before the classifier (default 0).
+
+    Returns:
+        A Keras model: 4,657,464 parameters with the default widths.
     """
     inputs = image_input()
     x = _standardize(inputs)
@@ -216,20 +231,28 @@ def build_third(preset="tuned", whitening_images=None, **overrides):
         whitening_images: training images (uint8) to initialise the tuned model's whitening
             layer from (default None: random, still frozen; fine for tests, not for training).
         **overrides: architecture arguments of ``build_third_tuned`` instead of the recipe's.
+
+    Returns:
+        A Keras model.
     """
     if preset == "original":
         return build_third_original()
     if preset == "tuned":
-        recipe = RECIPES["third_tuned"]
         whitening = None if whitening_images is None else whitening_kernel(whitening_images)
-        return build_third_tuned(**{"widths": recipe["widths"], "whitening": whitening, **overrides})
+        return build_third_tuned(**{"widths": THIRD_TUNED.widths, "whitening": whitening, **overrides})
     raise ValueError(f"unknown third-model preset {preset!r}; expected one of {THIRD_PRESETS}")
 
 
 def forward_flops(model):
     """FLOPs (2 x multiply-adds) of the Conv2D and Dense layers for one image, one forward
-    pass, nested models (VGG16's base and head) included; the other layers are cheap.
-    A training step costs about three times this."""
+    pass; the other layers are cheap. A training step costs about three times this.
+
+    Args:
+        model: a Keras model (nested models, e.g. VGG16's base and head, are counted too).
+
+    Returns:
+        An int.
+    """
     total = 0
     for layer in model.layers:
         if isinstance(layer, keras.Model):

@@ -10,21 +10,14 @@ import time
 import warnings
 
 import keras
-import numpy as np
 import tensorflow as tf
 
 from . import artifacts
 from .augment import augment_in_model, model_to_train, pipeline_augmentation
 from .data import make_pipeline
 from .hardware import precision_policy, set_seed
-from .models import RECIPES
 from .optimization import compile_model
-
-
-def check_epochs(epochs):
-    if not isinstance(epochs, (int, np.integer)) or epochs < 1:
-        raise ValueError(f"epochs must be a positive integer, got {epochs!r}")
-    return int(epochs)
+from .recipes import Recipe
 
 
 class EpochLog(keras.callbacks.Callback):
@@ -52,6 +45,7 @@ class EpochLog(keras.callbacks.Callback):
         artifacts.save_json(self.epochs, self.path)
 
     def best(self, key="val_accuracy"):
+        """The best value of ``key`` (default "val_accuracy") so far; None before any."""
         values = [record[key] for record in self.epochs.values() if key in record]
         return max(values) if values else None
 
@@ -77,8 +71,15 @@ class BestWeights(keras.callbacks.Callback):
 
 
 def tensorboard_dir(work_dir):
-    """Where TensorBoard logs of a training go: ``<output>/logs/<stage>`` for a work folder
-    ``<output>/models/checkpoints/<stage>`` (git ignores ``logs/``), else ``<work_dir>/logs``."""
+    """Where TensorBoard logs of a training go.
+
+    Args:
+        work_dir: the training's work folder.
+
+    Returns:
+        ``<output>/logs/<stage>`` for a work folder ``<output>/models/checkpoints/<stage>``
+        (git ignores ``logs/``), else ``<work_dir>/logs``.
+    """
     work_dir = os.path.abspath(work_dir)
     checkpoints = os.path.dirname(work_dir)
     if os.path.basename(checkpoints) != "checkpoints":
@@ -87,8 +88,15 @@ def tensorboard_dir(work_dir):
 
 
 def tensorboard(work_dir, fresh):
-    """A TensorBoard callback writing per-epoch curves to ``tensorboard_dir(work_dir)``; a
-    ``fresh`` start (no epoch done yet) first clears the logs of an earlier training."""
+    """A TensorBoard callback writing per-epoch curves to ``tensorboard_dir(work_dir)``.
+
+    Args:
+        work_dir: the training's work folder.
+        fresh: whether no epoch is done yet: then the logs of an earlier training are cleared.
+
+    Returns:
+        A ``keras.callbacks.TensorBoard``.
+    """
     log_dir = tensorboard_dir(work_dir)
     if fresh:
         shutil.rmtree(log_dir, ignore_errors=True)
@@ -96,25 +104,39 @@ def tensorboard(work_dir, fresh):
 
 
 def as_history(epoch_log):
-    """{"0": {...}, "1": {...}} -> {"accuracy": [...], ..., "seconds": [...]} in epoch order."""
+    """An epoch log as a Keras-style history.
+
+    Args:
+        epoch_log: ``{"0": {...}, "1": {...}}``, as ``EpochLog`` writes it.
+
+    Returns:
+        ``{"accuracy": [...], ..., "seconds": [...]}`` in epoch order (None where an epoch
+        lacks a key).
+    """
     ordered = [epoch_log[key] for key in sorted(epoch_log, key=int)]
     keys = sorted({key for record in ordered for key in record})
     return {key: [record.get(key) for record in ordered] for key in keys}
 
 
-def fit(model, train_ds, val_ds, recipe, work_dir, epochs=None, verbose=1, jit_compile="auto",
-        callbacks=()):
+def fit(model, train_ds, val_ds, recipe, work_dir, verbose=1, jit_compile="auto", callbacks=()):
     """Compile and fit with best-weights checkpointing, resume and an epoch log.
 
-    Re-running after an interruption resumes from the last completed epoch. Returns the
-    history (dict of lists) with the best validation weights loaded into ``model``.
+    Re-running after an interruption resumes from the last completed epoch.
 
     Args:
+        model: the Keras model to train.
+        train_ds: the training batches (a ``tf.data.Dataset``, shuffled already).
+        val_ds: the validation batches.
+        recipe: a ``recipes.Recipe``: epochs, optimizer, early stopping, ...
+        work_dir: the folder of the checkpoints, the epoch log and the resume backup.
+        verbose: Keras verbosity (default 1).
         jit_compile: "auto" (default), True or False: see ``use_jit``. XLA that cannot be
             had as asked raises ``FastPathError`` before training, never silently off.
-        callbacks: more Keras callbacks, called after the package's own.
+        callbacks: more Keras callbacks, called after the package's own (default none).
+
+    Returns:
+        The history (dict of lists), with the best validation weights loaded into ``model``.
     """
-    epochs = check_epochs(epochs if epochs is not None else recipe["epochs"])
     os.makedirs(work_dir, exist_ok=True)
     steps = int(train_ds.cardinality())
     if steps < 1:
@@ -123,17 +145,17 @@ def fit(model, train_ds, val_ds, recipe, work_dir, epochs=None, verbose=1, jit_c
     if tf.distribute.get_strategy().num_replicas_in_sync > 1:
         # Several batches per call fail under MirroredStrategy in Keras 3 ("You must feed a
         # value for placeholder tensor", keras#19246): one batch per call there.
-        recipe = {**recipe, "steps_per_execution": 1}
+        recipe = dataclasses.replace(recipe, steps_per_execution=1)
     from . import distributed
 
     if distributed.multi_worker():
         model = distributed.for_multi_worker(model)
     with xla_allowed(jit):
-        compile_with_xla(model, recipe, steps, epochs, jit)
-        return _fit_compiled(model, train_ds, val_ds, recipe, work_dir, epochs, verbose, callbacks)
+        compile_with_xla(model, recipe, steps, jit)
+        return _fit_compiled(model, train_ds, val_ds, recipe, work_dir, verbose, callbacks)
 
 
-def _fit_compiled(model, train_ds, val_ds, recipe, work_dir, epochs, verbose, extra_callbacks):
+def _fit_compiled(model, train_ds, val_ds, recipe, work_dir, verbose, extra_callbacks):
     log = EpochLog(os.path.join(work_dir, "epochs.json"))
     best_weights = os.path.join(work_dir, "best.weights.h5")
     # Order matters for a hard kill between two callbacks: the backup (which decides where a
@@ -145,12 +167,12 @@ def _fit_compiled(model, train_ds, val_ds, recipe, work_dir, epochs, verbose, ex
         tensorboard(work_dir, fresh=not log.epochs),
         keras.callbacks.BackupAndRestore(os.path.join(work_dir, "backup"), double_checkpoint=True),
     ]
-    if recipe.get("early_stopping"):
+    if recipe.early_stopping:
         callbacks.append(keras.callbacks.EarlyStopping(monitor="val_accuracy", mode="max",
-                                                       patience=recipe["early_stopping"]))
+                                                       patience=recipe.early_stopping))
     callbacks.extend(extra_callbacks)
     # The pipeline shuffles already.
-    model.fit(train_ds, validation_data=val_ds, epochs=epochs, callbacks=callbacks,
+    model.fit(train_ds, validation_data=val_ds, epochs=recipe.epochs, callbacks=callbacks,
               shuffle=False, verbose=verbose)
     if os.path.exists(best_weights):
         model.load_weights(best_weights)
@@ -159,7 +181,18 @@ def _fit_compiled(model, train_ds, val_ds, recipe, work_dir, epochs, verbose, ex
 
 def finish(model, history, name, models_dir, *work_dirs):
     """Save the model and its history under their final names, then clear the work folders
-    (a later retrain must not resume from, or keep the best weights of, this finished run)."""
+    (a later retrain must not resume from, or keep the best weights of, this finished run).
+
+    Args:
+        model: the trained model.
+        history: its history (dict of lists).
+        name: the model's name (``artifacts.MODEL_FILES``).
+        models_dir: the folder of models.
+        *work_dirs: the work folders to clear.
+
+    Returns:
+        The saved model's path.
+    """
     path = artifacts.save_model(model, artifacts.model_path(name, models_dir))
     artifacts.save_json(history, artifacts.history_path(name, models_dir))
     for work_dir in work_dirs:
@@ -170,7 +203,16 @@ def finish(model, history, name, models_dir, *work_dirs):
 
 
 def existing(name, models_dir, retrain):
-    """The saved model and history when present and ``retrain`` is off, else ``None``."""
+    """The saved model and history, unless ``retrain``.
+
+    Args:
+        name: the model's name (``artifacts.MODEL_FILES``).
+        models_dir: the folder of models.
+        retrain: whether to train again whatever exists.
+
+    Returns:
+        ``(model, history)`` when the model exists and ``retrain`` is off, else None.
+    """
     path = artifacts.model_path(name, models_dir)
     if retrain or not os.path.exists(path):
         return None
@@ -194,8 +236,7 @@ class FastPathError(RuntimeError):
 
 
 def use_jit(jit_compile="auto", strategy=None):
-    """Whether the training step is compiled with XLA: ``True`` or ``False`` as given, and
-    for "auto": on a GPU with one replica.
+    """Whether the training step is compiled with XLA.
 
     Keras' own "auto" is decided inside Keras and can leave XLA off without a word
     (tf-keras#418); this one is decided here and reaches ``compile`` as True or False. It
@@ -204,7 +245,10 @@ def use_jit(jit_compile="auto", strategy=None):
 
     Args:
         jit_compile: "auto" (default), True or False.
-        strategy: the strategy the model trains under (default: the current one).
+        strategy: the strategy the model trains under (default None: the current one).
+
+    Returns:
+        ``jit_compile`` when True or False; for "auto": True on a GPU with one replica.
     """
     if not (isinstance(jit_compile, bool) or jit_compile == "auto"):
         raise ValueError(f"jit_compile must be 'auto', True or False, got {jit_compile!r}")
@@ -215,7 +259,14 @@ def use_jit(jit_compile="auto", strategy=None):
 
 
 def layers_without_xla(model):
-    """Names of the layers of ``model`` (nested models included) that XLA cannot compile."""
+    """The layers of ``model`` that XLA cannot compile.
+
+    Args:
+        model: a Keras model (nested models are searched too).
+
+    Returns:
+        A list of layer names.
+    """
     names = []
     for layer in model.layers:
         if isinstance(layer, keras.Model):
@@ -228,7 +279,11 @@ def layers_without_xla(model):
 @contextlib.contextmanager
 def xla_allowed(jit_compile):
     """Inside the block, op determinism (which ``set_seed`` turns on for CPUs) is off when
-    ``jit_compile``: Keras silently drops XLA under it. Restored after the block."""
+    ``jit_compile``: Keras silently drops XLA under it. Restored after the block.
+
+    Args:
+        jit_compile: whether the model in the block is compiled with XLA.
+    """
     from tensorflow.python.framework import config as tf_config  # the flag Keras itself reads
 
     turn_off = jit_compile and tf_config.is_op_determinism_enabled()
@@ -241,12 +296,22 @@ def xla_allowed(jit_compile):
             tf_config.enable_op_determinism()
 
 
-def compile_with_xla(model, recipe, steps_per_epoch, epochs, jit_compile):
-    """``compile_model`` with ``jit_compile`` True or False, honoured or ``FastPathError``."""
+def compile_with_xla(model, recipe, steps_per_epoch, jit_compile):
+    """``compile_model`` with XLA on or off as asked, never silently otherwise.
+
+    Args:
+        model: the model to compile.
+        recipe: a ``recipes.Recipe``.
+        steps_per_epoch: optimizer steps in one epoch.
+        jit_compile: True or False.
+
+    Returns:
+        ``model``, compiled; ``FastPathError`` when XLA cannot be had as asked.
+    """
     if jit_compile and layers_without_xla(model):
         raise FastPathError(f"XLA was asked for, but layer(s) {layers_without_xla(model)} of "
                             f"{model.name!r} have no XLA kernel (supports_jit=False)")
-    compile_model(model, recipe, steps_per_epoch, epochs, jit_compile=bool(jit_compile))
+    compile_model(model, recipe, steps_per_epoch, jit_compile=bool(jit_compile))
     if model.jit_compile != bool(jit_compile):
         raise FastPathError(f"Keras set jit_compile={model.jit_compile} on {model.name!r} "
                             f"although {bool(jit_compile)} was asked for")
@@ -275,16 +340,32 @@ PLAIN_PATH = TrainingPath(jit_compile=False, augment_on="pipeline", precision="f
 
 
 def fast_path(kind, augment_on="auto", jit_compile="auto", strategy=None):
-    """The path asked for: XLA per ``use_jit``, augmentation ``kind`` per ``augment_in_model``
-    (None: no augmentation), the global precision policy (``configure_hardware`` sets it)."""
+    """The training path asked for.
+
+    Args:
+        kind: the augmentation preset, or None (then there is nothing to put in the model).
+        augment_on: "auto" (default), "pipeline" or "model": see ``augment_in_model``.
+        jit_compile: "auto" (default), True or False: see ``use_jit``.
+        strategy: default None: the current strategy.
+
+    Returns:
+        A ``TrainingPath`` with the global precision policy (``configure_hardware`` sets it).
+    """
     in_model = kind is not None and augment_in_model(augment_on)
     return TrainingPath(use_jit(jit_compile, strategy), "model" if in_model else "pipeline",
                         keras.mixed_precision.global_policy().name)
 
 
 def fallback_paths(path):
-    """``path``, then ``path`` without XLA (which avoids every known failure above and keeps
-    mixed precision), then ``PLAIN_PATH``; each only where it differs from the one before."""
+    """The paths to try, in order.
+
+    Args:
+        path: the ``TrainingPath`` asked for.
+
+    Returns:
+        ``path``, then ``path`` without XLA (which avoids every known failure above and keeps
+        mixed precision), then ``PLAIN_PATH``; each only where it differs from the one before.
+    """
     paths = [path]
     for candidate in (dataclasses.replace(path, jit_compile=False), PLAIN_PATH):
         if candidate != paths[-1]:
@@ -304,8 +385,15 @@ class StepWatch(keras.callbacks.Callback):
 
 
 def startup_failure(error):
-    """Whether ``error`` looks like a fast path that cannot compile or run (an XLA compile
-    error, an op without a kernel, a distribution error), not out-of-memory or a bad input."""
+    """Whether ``error`` looks like a fast path that cannot compile or run.
+
+    Args:
+        error: the exception raised before the first training step.
+
+    Returns:
+        True for an XLA compile error, an op without a kernel or a distribution error; False
+        for out-of-memory (and anything else, e.g. a bad input).
+    """
     if isinstance(error, tf.errors.ResourceExhaustedError):
         return False
     return isinstance(error, (tf.errors.OpError, RuntimeError, NotImplementedError, TypeError))
@@ -316,8 +404,16 @@ _PREAMBLE = re.compile(r"Graph execution error|Detected at node|<stack traces un
 
 
 def error_summary(error, width=200):
-    """``error`` in one short line: its type and the first line of its message that is not
-    TensorFlow's preamble or a stack frame, without the compiled graph's long name."""
+    """``error`` in one short line.
+
+    Args:
+        error: an exception.
+        width: the most characters (default 200).
+
+    Returns:
+        Its type and the first line of its message that is not TensorFlow's preamble or a
+        stack frame, without the compiled graph's long name.
+    """
     lines = [re.sub(r"^\(\d+\) ", "", line.strip()) for line in str(error).splitlines()]
     lines = [line for line in lines if line and not _PREAMBLE.match(line)]
     text = re.sub(r"__inference_\S*|\(defined @ [^)]*\)", "", lines[0] if lines else "")
@@ -330,14 +426,17 @@ def train_with_fallback(attempt, path, name):
     """``attempt(path, watch)``, falling back along ``fallback_paths(path)`` when it fails
     before its first training step with a ``startup_failure``.
 
+    Each fallback issues one ``FastPathWarning`` of one line that says what was turned off.
+    Failures after the first step, and failures of the last path, are raised as they are.
+
     Args:
         attempt: builds, compiles and trains on a ``TrainingPath``; gives ``watch`` (a
             ``StepWatch``) to ``fit`` and returns what the caller needs.
         path: the ``TrainingPath`` asked for.
         name: the model's name, for the warning.
 
-    Each fallback issues one ``FastPathWarning`` of one line that says what was turned off.
-    Failures after the first step, and failures of the last path, are raised as they are.
+    Returns:
+        What the first attempt that succeeds returns.
     """
     paths = fallback_paths(path)
     for current, following in zip(paths, paths[1:] + [None]):
@@ -353,17 +452,16 @@ def train_with_fallback(attempt, path, name):
                           "turned off.", FastPathWarning, stacklevel=3)
 
 
-def fit_on_images(build, data, recipe, work_dir, epochs=None, seed=0, augment_on="auto",
-                  strategy=None, verbose=1, jit_compile="auto", callbacks=()):
+def fit_on_images(build, data, recipe, work_dir, seed=0, augment_on="auto", strategy=None,
+                  verbose=1, jit_compile="auto", callbacks=()):
     """Pipelines of ``data``'s images -> model built under ``strategy``, augmented where
     ``augment_on`` says -> ``fit``.
 
     Args:
         build: a function returning the model to train (called under ``strategy``).
         data: a ``data.Dataset``: its training and validation splits are used.
-        recipe: the recipe (batch size, augmentation, optimizer, ...).
+        recipe: a ``recipes.Recipe``.
         work_dir: the folder of checkpoints and the epoch log (see ``fit``).
-        epochs: default None: the recipe's.
         seed: shuffling and augmentation seed (default 0).
         augment_on: "auto" (default), "pipeline" or "model": see ``augment_in_model``.
         strategy: default None: the current strategy.
@@ -375,52 +473,76 @@ def fit_on_images(build, data, recipe, work_dir, epochs=None, seed=0, augment_on
         ``(model, history)``: the model ``build`` returned, without augmentation, holding
         its best validation weights.
     """
-    kind = recipe["augmentation"]
-    train_ds = make_pipeline(data.x_train, data.y_train, recipe["batch_size"], shuffle=True,
+    kind = recipe.augmentation
+    train_ds = make_pipeline(data.x_train, data.y_train, recipe.batch_size, shuffle=True,
                              augment=pipeline_augmentation(kind, seed, augment_on), seed=seed)
-    val_ds = make_pipeline(data.x_val, data.y_val, recipe["batch_size"])
+    val_ds = make_pipeline(data.x_val, data.y_val, recipe.batch_size)
     with (strategy or tf.distribute.get_strategy()).scope():
         model = build()
         trainee = model_to_train(model, kind, seed, augment_on)
-        history = fit(trainee, train_ds, val_ds, recipe, work_dir, epochs, verbose,
+        history = fit(trainee, train_ds, val_ds, recipe, work_dir, verbose,
                       jit_compile=jit_compile, callbacks=callbacks)
     return model, history
 
 
-def train_image_model(name, build, data, recipe_name, models_dir="models", epochs=None,
-                      retrain=False, seed=0, strategy=None, verbose=1, recipe_overrides=None,
-                      augment_on="auto", jit_compile="auto"):
+def check_recipe(recipe):
+    """``recipe`` if it is a ``recipes.Recipe``, else a ``TypeError`` saying how to get one.
+
+    Args:
+        recipe: what a caller passed as a recipe.
+
+    Returns:
+        ``recipe``.
+    """
+    if not isinstance(recipe, Recipe):
+        raise TypeError(f"recipe must be a recipes.Recipe (e.g. recipes.recipe('baseline', "
+                        f"epochs=5)), got {recipe!r}")
+    return recipe
+
+
+def train_image_model(name, build, data, recipe, models_dir="models", retrain=False, seed=0,
+                      strategy=None, verbose=1, augment_on="auto", jit_compile="auto"):
     """Build (under ``strategy``), train on ``data`` and save the model called ``name``.
 
-    ``build`` is a function returning a fresh model; ``recipe_overrides`` replaces entries
-    of ``RECIPES[recipe_name]``; ``augment_on`` ("auto", "pipeline" or "model") says where
-    augmentation runs (see ``augment_in_model``); ``jit_compile`` ("auto", True or False)
-    whether XLA compiles the training step (see ``use_jit``). Should this fast path (with
-    the precision policy of ``configure_hardware``) fail before its first step, training
-    starts again without XLA, then on the plain path (float32, augmentation in tf.data),
-    with a one-line ``FastPathWarning`` each time. The saved model is float32 either way.
-    Returns ``(model, history)``; an existing saved model is reused unless ``retrain``.
+    Should the fast path asked for (with the precision policy of ``configure_hardware``) fail
+    before its first step, training starts again without XLA, then on the plain path
+    (float32, augmentation in tf.data), with a one-line ``FastPathWarning`` each time. The
+    saved model is float32 either way.
+
+    Args:
+        name: the model's name (``artifacts.MODEL_FILES``): where it is saved.
+        build: a function returning a fresh model.
+        data: a ``data.Dataset``.
+        recipe: a ``recipes.Recipe``, e.g. ``recipes.recipe("baseline", epochs=5)``.
+        models_dir: where models, histories and checkpoints go (default "models").
+        retrain: default False: an existing saved model is reused.
+        seed: the random seed (default 0).
+        strategy: default None: the current strategy.
+        verbose: Keras verbosity (default 1).
+        augment_on: "auto" (default), "pipeline" or "model": where augmentation runs
+            (see ``augment_in_model``).
+        jit_compile: "auto" (default), True or False: whether XLA compiles the training step
+            (see ``use_jit``).
+
+    Returns:
+        ``(model, history)``.
     """
-    if recipe_name not in RECIPES:
-        raise ValueError(f"unknown recipe {recipe_name!r}; expected one of {list(RECIPES)}")
+    check_recipe(recipe)
     augment_in_model(augment_on)  # refuse bad values before any work
     use_jit(jit_compile)
     found = existing(name, models_dir, retrain)
     if found:
         return found
-    recipe = {**RECIPES[recipe_name], **(recipe_overrides or {})}
-    epochs = check_epochs(epochs if epochs is not None else recipe["epochs"])
     strategy = strategy or tf.distribute.get_strategy()
-    kind = recipe["augmentation"]
     work_dir = os.path.join(models_dir, "checkpoints", name)
 
     def attempt(path, watch):
         set_seed(seed)
         with precision_policy(path.precision):
-            return fit_on_images(build, data, recipe, work_dir, epochs, seed, path.augment_on,
-                                 strategy, verbose, path.jit_compile, callbacks=[watch])
+            return fit_on_images(build, data, recipe, work_dir, seed, path.augment_on, strategy,
+                                 verbose, path.jit_compile, callbacks=[watch])
 
     model, history = train_with_fallback(
-        attempt, fast_path(kind, augment_on, jit_compile, strategy), name)
+        attempt, fast_path(recipe.augmentation, augment_on, jit_compile, strategy), name)
     finish(model, history, name, models_dir, work_dir)
     return model, history

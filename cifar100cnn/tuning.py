@@ -1,6 +1,7 @@
 """Optional keras-tuner search for the third model over a space holding both presets, on
 one machine or several (keras-tuner's distributed mode: see ``tuner_role``)."""
 
+import dataclasses
 import os
 
 import keras_tuner
@@ -9,8 +10,9 @@ from . import artifacts
 from .augment import build_augmentation
 from .data import make_pipeline
 from .hardware import set_seed
-from .models import RECIPES, build_third_original, build_third_tuned, whitening_kernel
+from .models import build_third_original, build_third_tuned, whitening_kernel
 from .optimization import compile_model
+from .recipes import RECIPES, THIRD_ORIGINAL, THIRD_TUNED
 from .training import use_jit
 
 WIDTHS = (96, 128)  # the tuned network's first-block widths searched (x2, x4 in blocks 2, 3)
@@ -23,17 +25,18 @@ def build_candidate(hp, steps_per_epoch=1, epochs=1, whitening=None, widths=WIDT
     preset = hp.Choice("preset", ["tuned", "original"])
     if preset == "original":
         model = build_third_original()
-        recipe = dict(RECIPES["third_original"])
+        recipe = THIRD_ORIGINAL
     else:
         with hp.conditional_scope("preset", ["tuned"]):
             width = hp.Choice("width", [int(w) for w in widths])
-            recipe = {**RECIPES["third_tuned"],
-                      "learning_rate": hp.Float("learning_rate", 0.4, 1.6, sampling="log"),
-                      "weight_decay": hp.Choice("weight_decay", [5e-3, 1e-2]),
-                      "label_smoothing": hp.Choice("label_smoothing", [0.1, 0.2])}
+            recipe = dataclasses.replace(
+                THIRD_TUNED, learning_rate=hp.Float("learning_rate", 0.4, 1.6, sampling="log"),
+                weight_decay=hp.Choice("weight_decay", [5e-3, 1e-2]),
+                label_smoothing=hp.Choice("label_smoothing", [0.1, 0.2]))
         model = build_third_tuned((width, 2 * width, 4 * width), whitening)
     # The learning-rate schedule spans the largest epoch budget of the search.
-    return compile_model(model, recipe, steps_per_epoch, epochs, jit_compile=use_jit("auto"))
+    return compile_model(model, dataclasses.replace(recipe, epochs=epochs), steps_per_epoch,
+                         jit_compile=use_jit("auto"))
 
 
 class ThirdModelHypermodel(keras_tuner.HyperModel):
@@ -53,7 +56,7 @@ class ThirdModelHypermodel(keras_tuner.HyperModel):
 
     def fit(self, hp, model, data, **kwargs):
         augment = build_augmentation(hp.get("preset"), seed=self.seed)
-        batch_size = RECIPES[f"third_{hp.get('preset')}"]["batch_size"]
+        batch_size = RECIPES[f"third_{hp.get('preset')}"].batch_size
         train_ds = make_pipeline(data.x_train, data.y_train, batch_size, shuffle=True,
                                  augment=augment, seed=self.seed)
         val_ds = make_pipeline(data.x_val, data.y_val, batch_size)
@@ -126,7 +129,7 @@ def search_third(data, max_epochs=10, budget_trials=6, directory="tuner", seed=0
         raise ValueError(f"budget_trials and max_epochs must be >= 1, got {budget_trials}, {max_epochs}")
     role = tuner_role()
     set_seed(seed)
-    batch_size = min(RECIPES["third_tuned"]["batch_size"], RECIPES["third_original"]["batch_size"])
+    batch_size = min(THIRD_TUNED.batch_size, THIRD_ORIGINAL.batch_size)
     steps = -(-len(data.x_train) // batch_size)
     oracle = BudgetHyperbandOracle(
         budget_trials, objective="val_accuracy", max_epochs=max_epochs, factor=3,

@@ -79,7 +79,7 @@ def tiny_data(seed):
 
 def child_train(models_dir, epochs, batch_delay, seed):
     """Train the baseline model; print EPOCH_BEGIN/BATCH/EPOCH_END lines as it goes."""
-    from cifar100cnn import models, training
+    from cifar100cnn import models, recipes, training
 
     original_begin, original_end = training.EpochLog.on_epoch_begin, training.EpochLog.on_epoch_end
 
@@ -102,9 +102,9 @@ def child_train(models_dir, epochs, batch_delay, seed):
     training.EpochLog.on_train_batch_end = on_train_batch_end
 
     dataset = tiny_data(seed)
-    _, history = training.train_image_model(MODEL_NAME, models.build_baseline, dataset, "baseline",
-                                            models_dir=models_dir, epochs=epochs, seed=seed,
-                                            verbose=0)
+    _, history = training.train_image_model(MODEL_NAME, models.build_baseline, dataset,
+                                            recipes.recipe("baseline", epochs=epochs),
+                                            models_dir=models_dir, seed=seed, verbose=0)
     print(f"DONE {len(history['loss'])}", flush=True)
 
 

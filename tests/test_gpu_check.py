@@ -13,7 +13,7 @@ ROOT = os.path.dirname(HERE)
 sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
 import gpu_check  # noqa: E402
 
-from cifar100cnn.models import RECIPES  # noqa: E402
+from cifar100cnn.recipes import RECIPES  # noqa: E402
 
 
 def measured(epoch_s=None, features_s=2.0):
@@ -29,20 +29,20 @@ def measured(epoch_s=None, features_s=2.0):
 
 def test_projection_is_recipe_epochs_times_seconds_per_epoch_plus_vgg16_features():
     pipeline, tuned = gpu_check.projections(measured(), n_train=40_000)
-    expected = (RECIPES["baseline"]["epochs"] * 1.0 + RECIPES["overfit"]["epochs"] * 1.5
-                + RECIPES["third_original"]["epochs"] * 2.0 + RECIPES["third_tuned"]["epochs"] * 4.0
-                + RECIPES["vgg16"]["epochs"] * 0.1 + 2.0)
+    expected = (RECIPES["baseline"].epochs * 1.0 + RECIPES["overfit"].epochs * 1.5
+                + RECIPES["third_original"].epochs * 2.0 + RECIPES["third_tuned"].epochs * 4.0
+                + RECIPES["vgg16"].epochs * 0.1 + 2.0)
     assert pipeline["seconds"] == pytest.approx(expected)
     assert pipeline["note"].endswith("goal <= 10 min: met") and "scaled" not in pipeline["note"]
-    assert tuned["seconds"] == pytest.approx(RECIPES["third_tuned"]["epochs"] * 4.0)
+    assert tuned["seconds"] == pytest.approx(RECIPES["third_tuned"].epochs * 4.0)
     assert tuned["step"] == "projected tuned third model"
 
 
 def test_projection_scales_small_data_and_names_what_was_not_measured():
     rows = measured({"baseline": 1.0, "overfit": 1.0})
     (pipeline,) = gpu_check.projections(rows, n_train=4_000)
-    assert pipeline["seconds"] == pytest.approx(10 * (RECIPES["baseline"]["epochs"]
-                                                      + RECIPES["overfit"]["epochs"]))
+    assert pipeline["seconds"] == pytest.approx(10 * (RECIPES["baseline"].epochs
+                                                      + RECIPES["overfit"].epochs))
     assert "scaled x10 to 40,000 images" in pipeline["note"]
     assert pipeline["note"].endswith("not met; not measured: third_original, third, vgg16")
 

@@ -13,7 +13,7 @@ import keras
 import tensorflow as tf
 from tensorflow.python.framework import config as tf_config
 
-from cifar100cnn import artifacts, augment, data, hardware, training
+from cifar100cnn import artifacts, augment, data, hardware, recipes, training
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -58,9 +58,9 @@ def train(dataset, folder, recipe="third_original", build=tiny_model, **kwargs):
     returns the history and the FastPathWarnings issued."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        _, history = training.train_image_model(recipe, build, dataset, recipe,
-                                                str(folder / "models"), epochs=2, verbose=0,
-                                                **kwargs)
+        _, history = training.train_image_model(recipe, build, dataset,
+                                                recipes.recipe(recipe, epochs=2),
+                                                str(folder / "models"), verbose=0, **kwargs)
     return history, [str(w.message) for w in caught if w.category is training.FastPathWarning]
 
 
@@ -143,8 +143,8 @@ def test_use_jit_refuses_anything_but_auto_true_false(bad, tmp_path, dataset):
     with pytest.raises(ValueError, match="jit_compile must be 'auto', True or False"):
         training.use_jit(bad)
     with pytest.raises(ValueError, match="jit_compile must be"):
-        training.train_image_model("baseline", tiny_model, dataset, "baseline", str(tmp_path),
-                                   jit_compile=bad)
+        training.train_image_model("baseline", tiny_model, dataset, recipes.recipe("baseline"),
+                                   str(tmp_path), jit_compile=bad)
     assert list(tmp_path.iterdir()) == []
 
 
@@ -300,7 +300,7 @@ _MIRRORED_FAST = textwrap.dedent("""
     from cifar100cnn import hardware, training
     strategy, text = hardware.configure_hardware("mixed_float16", cpu_devices=2)
     import keras
-    from cifar100cnn import artifacts, augment, data
+    from cifar100cnn import artifacts, augment, data, recipes
     from test_gpu_paths import tiny_model
     seen = []
     original = training.compile_model
@@ -309,10 +309,11 @@ _MIRRORED_FAST = textwrap.dedent("""
     folder = os.path.join(scratch, "models")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        _, history = training.train_image_model(
-            "third_original", tiny_model, data.synthetic_dataset(300, 50, source="t"),
-            "third_original", folder, epochs=2, strategy=strategy, verbose=0,
-            augment_on="model", jit_compile=True)
+        _, history = training.train_image_model("third_original", tiny_model,
+                                                data.synthetic_dataset(300, 50, source="t"),
+                                                recipes.recipe("third_original", epochs=2), folder,
+                                                strategy=strategy, verbose=0, augment_on="model",
+                                                jit_compile=True)
     keras.mixed_precision.set_global_policy("float32")
     saved = artifacts.load_model(artifacts.model_path("third_original", folder))
     shutil.rmtree(scratch)

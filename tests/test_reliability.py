@@ -19,8 +19,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from cifar100cnn import (artifacts, augment, data, hardware, inference, models, training,
-                         transfer)
+from cifar100cnn import (artifacts, augment, data, hardware, inference, models, recipes,
+                         training, transfer)
 from cifar100cnn.artifacts import ArtifactError
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -108,16 +108,16 @@ def test_ctrl_c_mid_epoch_resumes_at_the_interrupted_epoch(tmp_path, monkeypatch
     monkeypatch.setattr(training.EpochLog, "on_train_batch_end", on_train_batch_end)
     interrupt = True
     with pytest.raises(KeyboardInterrupt):
-        quiet_train("baseline", models.build_baseline, dataset, "baseline",
-                    models_dir=str(tmp_path), epochs=4)
+        quiet_train("baseline", models.build_baseline, dataset,
+                    recipes.recipe("baseline", epochs=4), models_dir=str(tmp_path))
     assert begun == [0, 1, 2]
     log = artifacts.load_json(tmp_path / "checkpoints" / "baseline" / "epochs.json")
     assert sorted(log, key=int) == ["0", "1"]
     assert not os.path.exists(artifacts.model_path("baseline", str(tmp_path)))
 
     interrupt, begun[:] = False, []
-    _, history = quiet_train("baseline", models.build_baseline, dataset, "baseline",
-                             models_dir=str(tmp_path), epochs=4)
+    _, history = quiet_train("baseline", models.build_baseline, dataset,
+                             recipes.recipe("baseline", epochs=4), models_dir=str(tmp_path))
     assert begun == [2, 3]
     assert {len(values) for values in history.values()} == {4}
     saved = artifacts.load_json(artifacts.history_path("baseline", str(tmp_path)))
@@ -203,7 +203,8 @@ def test_existing_model_is_reused_and_reported(tmp_path, capsys, small_model, ti
     before = (os.path.getmtime(path), open(path, "rb").read())
 
     model, history = training.train_image_model("baseline", must_not_build, tiny_dataset(),
-                                                "baseline", models_dir=models_dir, epochs=1)
+                                                recipes.recipe("baseline", epochs=1),
+                                                models_dir=models_dir)
     out = capsys.readouterr().out
     assert f"Reusing {path}" in out and "retrain=True" in out
     assert history == {"loss": [3.0, 2.0]}
@@ -222,8 +223,9 @@ def test_retrain_true_trains_and_replaces(tmp_path, small_model, tiny_dataset):
         built.append(True)
         return models.build_baseline()
 
-    model, history = quiet_train("baseline", build, tiny_dataset(), "baseline",
-                                 models_dir=models_dir, epochs=1, retrain=True)
+    model, history = quiet_train("baseline", build, tiny_dataset(),
+                                 recipes.recipe("baseline", epochs=1), models_dir=models_dir,
+                                 retrain=True)
     assert built == [True] and len(history["loss"]) == 1
     reloaded = artifacts.load_model(path)
     assert reloaded.count_params() == models.build_baseline().count_params() == 1_870_052
@@ -240,8 +242,8 @@ def test_vgg16_is_reused_without_building_its_base(tmp_path, capsys, monkeypatch
     models_dir = str(tmp_path)
     artifacts.save_model(small_model(seed=0), artifacts.model_path("vgg16", models_dir))
     monkeypatch.setattr(transfer, "build_vgg16_base", lambda *a, **k: must_not_build())
-    model, _ = transfer.train_vgg16(tiny_dataset(), weights="/nonexistent.h5",
-                                    models_dir=models_dir, epochs=1)
+    model, _ = transfer.train_vgg16(tiny_dataset(), recipes.recipe("vgg16", epochs=1),
+                                    weights="/nonexistent.h5", models_dir=models_dir)
     assert "Reusing" in capsys.readouterr().out
     assert model.output_shape == (None, 100)
 
@@ -390,21 +392,29 @@ def test_all_model_loading_goes_through_artifacts_load_model():
 # ===========================================================================
 
 @pytest.mark.parametrize("kwargs, expected", [
-    (dict(epochs=-1), "epochs must be a positive integer, got -1"),
-    (dict(epochs=0), "epochs must be a positive integer, got 0"),
-    (dict(epochs=2.5), "epochs must be a positive integer, got 2.5"),
-    (dict(epochs="3"), "epochs must be a positive integer, got '3'"),
-    (dict(recipe_name="huge"), r"unknown recipe 'huge'; expected one of \['baseline'"),
+    (dict(recipe="baseline"), r"recipe must be a recipes.Recipe .*, got 'baseline'"),
     (dict(name="mine"), r"unknown model name 'mine'; expected one of \['baseline'"),
     (dict(augment_on="gpu"), r"augment_on must be one of \('auto', 'pipeline', 'model'\)"),
 ])
 def test_train_image_model_refuses_bad_arguments_before_building(tmp_path, kwargs, expected,
                                                                   tiny_dataset):
     arguments = dict(name="baseline", build=must_not_build, data=tiny_dataset(100, 10),
-                     recipe_name="baseline", models_dir=str(tmp_path / "models"))
+                     recipe=recipes.BASELINE, models_dir=str(tmp_path / "models"))
     arguments.update(kwargs)
-    with pytest.raises(ValueError, match=expected):
+    with pytest.raises((ValueError, TypeError), match=expected):
         training.train_image_model(**arguments)
+    assert not (tmp_path / "models").exists()
+
+
+def test_train_vgg16_refuses_a_bad_finetune_recipe_before_any_work(tmp_path, tiny_dataset,
+                                                                   monkeypatch):
+    monkeypatch.setattr(transfer, "build_vgg16_base", lambda *a, **k: must_not_build())
+    with pytest.raises(TypeError, match="recipe must be a recipes.Recipe"):
+        transfer.train_vgg16(tiny_dataset(), finetune=True, weights=None,
+                             models_dir=str(tmp_path / "models"))
+    with pytest.raises(ValueError, match="VGG16 input size"):
+        transfer.train_vgg16(tiny_dataset(), recipes.recipe("vgg16", input_size=16),
+                             weights=None, models_dir=str(tmp_path / "models"))
     assert not (tmp_path / "models").exists()
 
 
@@ -413,13 +423,13 @@ def test_bad_training_data_is_refused_before_building(tmp_path, tiny_dataset):
     dataset.y_train = dataset.y_train.copy()
     dataset.y_train[0] = 100
     with pytest.raises(ValueError, match=r"0\.\.99"):
-        training.train_image_model("baseline", must_not_build, dataset, "baseline",
-                                   models_dir=str(tmp_path), epochs=1)
+        training.train_image_model("baseline", must_not_build, dataset,
+                                   recipes.recipe("baseline", epochs=1), models_dir=str(tmp_path))
     dataset = tiny_dataset(100, 10)
     dataset.x_train = dataset.x_train.astype(np.float32) / 255
     with pytest.raises(ValueError, match="0-255"):
-        training.train_image_model("baseline", must_not_build, dataset, "baseline",
-                                   models_dir=str(tmp_path), epochs=1)
+        training.train_image_model("baseline", must_not_build, dataset,
+                                   recipes.recipe("baseline", epochs=1), models_dir=str(tmp_path))
 
 
 def test_unknown_presets_are_refused_naming_the_known_ones():
@@ -434,7 +444,7 @@ def test_empty_training_set_is_refused(tmp_path, small_model):
     empty = tf.data.Dataset.from_tensor_slices(
         (np.zeros((0, 32, 32, 3), np.uint8), np.zeros(0, np.int64))).batch(10)
     with pytest.raises(ValueError, match="training dataset is empty"):
-        training.fit(small_model(), empty, empty, models.RECIPES["baseline"], str(tmp_path), epochs=1)
+        training.fit(small_model(), empty, empty, recipes.recipe("baseline", epochs=1), str(tmp_path))
 
 
 # ===========================================================================
@@ -518,8 +528,8 @@ def test_vgg16_feature_extraction_survives_out_of_memory(tmp_path, monkeypatch, 
 
     monkeypatch.setattr(transfer, "build_vgg16_base", tiny_base)
     monkeypatch.setattr(transfer, "vgg16_feature_extractor", oom_extractor)
-    model, history = transfer.train_vgg16(tiny_dataset(), weights=None, models_dir=str(tmp_path),
-                                          epochs=1, verbose=0)
+    model, history = transfer.train_vgg16(tiny_dataset(), recipes.recipe("vgg16", epochs=1),
+                                          weights=None, models_dir=str(tmp_path), verbose=0)
     assert "Out of memory; retrying with batches of" in capsys.readouterr().out
     assert len(history["loss"]) == 1 and model.output_shape == (None, 100)
 
@@ -554,12 +564,14 @@ def test_same_seed_gives_the_same_shuffle_order():
 
 _TRAIN_AND_HASH = textwrap.dedent("""
     import contextlib, hashlib, io, json, tempfile
-    from cifar100cnn import data, models, training
+    from cifar100cnn import data, models, recipes, training
     dataset = data.synthetic_dataset(300, 50, seed=0, source="synthetic (test)")
     with contextlib.redirect_stdout(io.StringIO()):
-        model, history = training.train_image_model(
-            "third_original", models.build_third_original, dataset, "third_original",
-            models_dir=tempfile.mkdtemp(), epochs=2, seed=0, verbose=0)
+        model, history = training.train_image_model("third_original", models.build_third_original,
+                                                    dataset,
+                                                    recipes.recipe("third_original", epochs=2),
+                                                    models_dir=tempfile.mkdtemp(), seed=0,
+                                                    verbose=0)
     digest = hashlib.sha256(b"".join(w.tobytes() for w in model.get_weights())).hexdigest()
     print("RESULT", json.dumps({"sha": digest, "loss": history["loss"]}))
 """)
@@ -579,8 +591,8 @@ def test_same_seed_gives_bit_identical_training_on_cpu(tmp_path, tiny_dataset, s
     runs = []
     for index, seed in enumerate((0, 0, 1)):
         model, history = quiet_train("third_original", models.build_third_original, tiny_dataset(),
-                                     "third_original", models_dir=str(tmp_path / str(index)),
-                                     epochs=2, seed=seed)
+                                     recipes.recipe("third_original", epochs=2),
+                                     models_dir=str(tmp_path / str(index)), seed=seed)
         history.pop("seconds")
         runs.append((model.get_weights(), history))
     assert same_weights(runs[0][0], runs[1][0])
@@ -624,15 +636,16 @@ def test_several_gpus_select_mirrored_strategy(monkeypatch):
 
 _MIRRORED_ON_CPU = textwrap.dedent("""
     import contextlib, io, json, os, tempfile
-    from cifar100cnn import artifacts, data, hardware, models, training
+    from cifar100cnn import artifacts, data, hardware, models, recipes, training
     strategy, text = hardware.configure_hardware(cpu_devices=2)  # before TF runs anything
     import tensorflow as tf
     dataset = data.synthetic_dataset(300, 50, seed=0, source="synthetic (test)")
     folder = tempfile.mkdtemp()
     with contextlib.redirect_stdout(io.StringIO()):
-        model, history = training.train_image_model(
-            "baseline", models.build_baseline, dataset, "baseline", models_dir=folder,
-            epochs=2, strategy=strategy, verbose=0)
+        model, history = training.train_image_model("baseline", models.build_baseline, dataset,
+                                                    recipes.recipe("baseline", epochs=2),
+                                                    models_dir=folder, strategy=strategy,
+                                                    verbose=0)
     loaded = artifacts.load_model(artifacts.model_path("baseline", folder))
     print("RESULT", json.dumps({
         "strategy": type(strategy).__name__, "replicas": strategy.num_replicas_in_sync,

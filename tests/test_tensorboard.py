@@ -7,7 +7,7 @@ import subprocess
 
 import pytest
 
-from cifar100cnn import data, models, training
+from cifar100cnn import data, models, recipes, training
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -41,12 +41,13 @@ def epoch_points(folder):
 def test_training_writes_per_epoch_curves_and_a_retrain_starts_them_afresh(tmp_path):
     dataset = data.synthetic_dataset(300, 20, seed=0)
     models_dir = tmp_path / "out" / "models"
-    training.train_image_model("baseline", models.build_baseline, dataset, "baseline",
-                               str(models_dir), epochs=2, verbose=0)
+    training.train_image_model("baseline", models.build_baseline, dataset,
+                               recipes.recipe("baseline", epochs=2), str(models_dir), verbose=0)
     logs = tmp_path / "out" / "logs" / "baseline"
     assert epoch_points(logs / "train")["epoch_accuracy"] == 2
     assert epoch_points(logs / "validation")["epoch_accuracy"] == 2
-    training.train_image_model("baseline", models.build_baseline, dataset, "baseline",
-                               str(models_dir), epochs=1, verbose=0, retrain=True)
+    training.train_image_model("baseline", models.build_baseline, dataset,
+                               recipes.recipe("baseline", epochs=1), str(models_dir), verbose=0,
+                               retrain=True)
     assert epoch_points(logs / "train")["epoch_accuracy"] == 1
     assert len(glob.glob(str(logs / "train" / "events.out.tfevents.*"))) == 1

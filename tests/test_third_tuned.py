@@ -88,10 +88,3 @@ def test_whole_pixel_shifts_move_pixels_without_interpolation():
         shifts |= found
     assert matched == len(out)  # every image is a whole-pixel shift of at most 2, maybe mirrored
     assert shifts == {(dx, dy) for dx in range(-2, 3) for dy in range(-2, 3)}
-
-
-def test_tuned_recipe_names_every_training_field():
-    recipe = models.RECIPES["third_tuned"]
-    assert {"epochs", "batch_size", "optimizer", "learning_rate", "momentum", "weight_decay",
-            "label_smoothing", "warmup", "widths", "augmentation"} <= set(recipe)
-    assert recipe["augmentation"] == "tuned"

@@ -6,7 +6,7 @@ import os
 import numpy as np
 import pytest
 
-from cifar100cnn import artifacts, augment, data, models, training, transfer, tuning
+from cifar100cnn import artifacts, augment, data, models, recipes, training, transfer, tuning
 
 
 def small_dataset(n_train=1000, n_test=200, seed=0):
@@ -21,8 +21,9 @@ def test_as_history_orders_epochs_numerically():
 @pytest.mark.slow
 def test_a_cnn_learns_the_synthetic_data_far_above_chance(tmp_path):
     dataset = small_dataset(6000, 1000, seed=1)
-    model, history = training.train_image_model(
-        "overfit", models.build_overfit, dataset, "overfit", str(tmp_path), epochs=5, verbose=0)
+    model, history = training.train_image_model("overfit", models.build_overfit, dataset,
+                                                recipes.recipe("overfit", epochs=5), str(tmp_path),
+                                                verbose=0)
     accuracy = float((model.predict(dataset.x_test, verbose=0).argmax(1) == dataset.y_test).mean())
     assert accuracy > 0.10, accuracy  # chance is 0.01
     assert len(history["val_accuracy"]) == 5
@@ -35,8 +36,8 @@ def test_a_cnn_learns_the_synthetic_data_far_above_chance(tmp_path):
 @pytest.mark.slow
 def test_vgg16_pipeline_saves_one_model_from_raw_images(tmp_path):
     dataset = small_dataset(200, 20)
-    model, history = transfer.train_vgg16(dataset, weights=None, models_dir=str(tmp_path),
-                                          epochs=1, verbose=0)
+    model, history = transfer.train_vgg16(dataset, recipes.recipe("vgg16", epochs=1), weights=None,
+                                          models_dir=str(tmp_path), verbose=0)
     saved = artifacts.load_model(artifacts.model_path("vgg16", tmp_path))
     assert saved.count_params() == model.count_params()
     np.testing.assert_allclose(saved.predict(dataset.x_test, verbose=0),
@@ -47,8 +48,9 @@ def test_vgg16_pipeline_saves_one_model_from_raw_images(tmp_path):
 @pytest.mark.slow
 def test_vgg16_finetuning_trains_block5_only(tmp_path):
     dataset = small_dataset(200, 20)
-    model, history = transfer.train_vgg16(dataset, weights=None, models_dir=str(tmp_path), epochs=1,
-                                          finetune=True, finetune_epochs=1, verbose=0)
+    model, history = transfer.train_vgg16(dataset, recipes.recipe("vgg16", epochs=1),
+                                          recipes.recipe("vgg16_finetune", epochs=1), weights=None,
+                                          models_dir=str(tmp_path), verbose=0)
     base = model.get_layer("vgg16")
     trainable = {layer.name for layer in base.layers if layer.trainable and layer.weights}
     assert trainable == {"block5_conv1", "block5_conv2", "block5_conv3"}
@@ -59,8 +61,9 @@ def test_vgg16_finetuning_trains_block5_only(tmp_path):
 @pytest.mark.slow
 def test_upscaled_vgg16_finetunes_saves_and_is_reused(tmp_path, capsys):
     dataset = small_dataset(100, 10)
-    model, history = transfer.train_vgg16(dataset, weights=None, models_dir=str(tmp_path), epochs=1,
-                                          finetune=True, finetune_epochs=1, verbose=0, input_size=64)
+    model, history = transfer.train_vgg16(dataset, recipes.recipe("vgg16", epochs=1, input_size=64),
+                                          recipes.recipe("vgg16_finetune", epochs=1), weights=None,
+                                          models_dir=str(tmp_path), verbose=0)
     assert len(history["val_accuracy"]) == 2
     checkpoints = tmp_path / "checkpoints"
     assert sorted(os.listdir(checkpoints)) == ["vgg16_64px", "vgg16_finetune_64px"]
@@ -70,7 +73,8 @@ def test_upscaled_vgg16_finetunes_saves_and_is_reused(tmp_path, capsys):
     assert saved.get_layer("vgg16").input_shape[1:] == (64, 64, 3)
     np.testing.assert_allclose(saved.predict(dataset.x_test, verbose=0),
                                model.predict(dataset.x_test, verbose=0), atol=1e-5)
-    reused, _ = transfer.train_vgg16(dataset, weights=None, models_dir=str(tmp_path), epochs=1)
+    reused, _ = transfer.train_vgg16(dataset, recipes.recipe("vgg16", epochs=1), weights=None,
+                                     models_dir=str(tmp_path))
     assert reused.get_layer("vgg16").input_shape[1:] == (64, 64, 3)
     assert "sees 64x64 inputs, not 32x32" in capsys.readouterr().out
 
@@ -141,9 +145,10 @@ def test_augmented_model_compiles_with_xla():
 @pytest.mark.slow
 def test_training_with_augmentation_in_the_model_saves_the_plain_model(tmp_path):
     dataset = small_dataset(400, 20)
-    model, history = training.train_image_model(
-        "third_original", models.build_third_original, dataset, "third_original", str(tmp_path), epochs=2,
-        verbose=0, augment_on="model")
+    model, history = training.train_image_model("third_original", models.build_third_original,
+                                                dataset,
+                                                recipes.recipe("third_original", epochs=2),
+                                                str(tmp_path), verbose=0, augment_on="model")
     saved = artifacts.load_model(artifacts.model_path("third_original", tmp_path))
     kinds = [type(layer).__name__ for layer in saved.layers]
     assert kinds == [type(layer).__name__ for layer in models.build_third_original().layers]
