@@ -1,6 +1,7 @@
 """Screen recipes for the third model: train each candidate on the original 40,000 / 10,000
 split, report validation top-1 (used to choose), test top-1 (reported, never used to choose)
-and seconds per epoch.
+and seconds per epoch. Candidates are "new" (the whitened three-block CNN, ``arch="fast"``,
+today's ``models.build_third_tuned``) or "old" (the ResNet-9) with overrides.
 
 Backend-agnostic Keras: it runs under TensorFlow here and under JAX on a GPU machine whose
 image has no TensorFlow. Results are appended to a JSON file after every candidate, so a run
@@ -26,10 +27,10 @@ from cifar100cnn.optimization import compile_model  # noqa: E402
 
 OLD = dict(arch="resnet9", width=32, dropout=0.2, epochs=30, batch_size=128, optimizer="sgd",
            learning_rate=0.1, momentum=0.9, weight_decay=5e-4, label_smoothing=0.1,
-           augmentation="tuned")
+           augmentation="resnet9")
 NEW = dict(arch="fast", widths=(96, 192, 384), whiten=True, activation="relu", epochs=10,
            batch_size=512, optimizer="sgd", learning_rate=0.4, momentum=0.9, weight_decay=5e-4,
-           label_smoothing=0.2, augmentation="fast", warmup=0.15)
+           label_smoothing=0.2, augmentation="tuned", warmup=0.15)
 
 
 def candidates():
@@ -42,7 +43,7 @@ def candidates():
     grid["new_e10_nowhiten"] = dict(NEW, whiten=False)
     grid["new_e10_ema"] = dict(NEW, ema_momentum=0.99)
     grid["new_e10_gelu"] = dict(NEW, activation="gelu")
-    grid["new_e10_shift4"] = dict(NEW, augmentation="tuned")
+    grid["new_e10_shift4"] = dict(NEW, augmentation="resnet9")
     grid["new_e10_w128"] = dict(NEW, widths=(128, 256, 512))
     for e in (10, 30):
         grid[f"old_e{e}"] = dict(OLD, epochs=e)
@@ -73,9 +74,9 @@ def as_recipe(c):
 
 def build(c, x_train):
     if c["arch"] == "resnet9":
-        return models.build_third_tuned(width=c["width"], dropout=c["dropout"])
+        return models.build_resnet9(c["width"], c["dropout"])
     whitening = models.whitening_kernel(x_train[:5000]) if c["whiten"] else None
-    return models.build_third_fast(c["widths"], whitening, c["activation"])
+    return models.build_third_tuned(c["widths"], whitening, c["activation"])
 
 
 def run(name, c, d, seed=0):
