@@ -15,7 +15,7 @@ import tensorflow as tf
 from . import artifacts
 from .augment import augment_in_model, model_to_train, pipeline_augmentation
 from .data import make_pipeline
-from .hardware import precision_policy, set_seed
+from .hardware import configure_hardware, precision_policy, set_seed
 from .optimization import compile_model
 from .recipes import Recipe
 
@@ -337,6 +337,42 @@ class TrainingPath:
 
 
 PLAIN_PATH = TrainingPath(jit_compile=False, augment_on="pipeline", precision="float32")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainingSetup:
+    """What a notebook trains with: its strategy and where the fast path's parts run."""
+
+    strategy: tf.distribute.Strategy
+    augment_on: str  # "auto", "pipeline" or "model"
+    jit_compile: object  # "auto", True or False
+    description: str  # the hardware line, and the forced paths when forced
+
+
+def set_up_training(precision="auto", augment_on="auto", jit_compile="auto",
+                    force_gpu_paths=False, seed=0):
+    """Seed, precision policy and distribution strategy of a notebook's training.
+
+    Args:
+        precision: "auto" (default) or a Keras policy name: see ``configure_hardware``.
+        augment_on: "auto" (default), "pipeline" or "model": see ``augment_in_model``.
+        jit_compile: "auto" (default), True or False: see ``use_jit``.
+        force_gpu_paths: True turns every GPU-only path on at once, also on a CPU:
+            mixed_float16 with loss scaling, XLA, augmentation in the model and
+            ``MirroredStrategy`` (over 2 logical devices on a CPU). Default False.
+        seed: the random seed (default 0).
+
+    Returns:
+        A ``TrainingSetup``.
+    """
+    set_seed(seed)
+    if force_gpu_paths:
+        precision, augment_on, jit_compile = "mixed_float16", "model", True
+    strategy, description = configure_hardware(precision, cpu_devices=2 if force_gpu_paths else 1)
+    if force_gpu_paths:
+        forced = fast_path("original", augment_on, jit_compile, strategy).fast_parts()
+        description += "\nGPU paths forced: " + ", ".join(forced)
+    return TrainingSetup(strategy, augment_on, jit_compile, description)
 
 
 def fast_path(kind, augment_on="auto", jit_compile="auto", strategy=None):

@@ -93,6 +93,15 @@ def test_rerun_reuses_finished_models(quick_run):
 
 
 @pytest.mark.slow
+def test_third_epochs_sets_the_third_models_epochs_even_in_quick_mode(tmp_path):
+    result = run_pipeline(tmp_path, "--third-preset", "original", "--third-epochs", "2",
+                          "--notebooks", "ThirdModel.ipynb")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    with open(artifacts.history_path("third", tmp_path / "models")) as f:
+        history = json.load(f)
+    assert len(history["val_accuracy"]) == 2  # quick mode alone: 1
+
+
 def test_forced_gpu_paths_train_together_and_end_in_float32_models(tmp_path):
     """ThirdModel in quick mode with ``--force-gpu-paths``: the third model (the original
     recipe: rotations, flips, shifts and dropout) trains with mixed_float16 (loss scaling),
