@@ -38,8 +38,9 @@ def parse_args(argv=None):
                           "as the original)")
     run.add_argument("--third-preset", choices=("tuned", "original"), default="tuned")
     run.add_argument("--third-epochs", type=int, default=None,
-                     help="epochs of the third model (default: its preset's; 12 for the tuned "
-                          "recipe fits the earlier recipe's float32 time on CPUs without bf16)")
+                     help="epochs of the third model (default: its preset's; for the tuned "
+                          "recipe, 10-12 fit the earlier recipe's float32 time on CPUs without "
+                          "bf16)")
     run.add_argument("--precision", default="auto",
                      choices=("auto", "float32", "mixed_float16", "mixed_bfloat16"),
                      help="training precision (default auto: mixed_float16 on a GPU, mixed_bfloat16 "
