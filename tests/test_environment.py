@@ -180,3 +180,17 @@ def test_committed_model_loads(path):
     assert model.output_shape[-1] == 100
     print(f"{os.path.basename(path)} loads with keras {keras.__version__} "
           f"(installed: {importlib.metadata.version('keras')})")
+
+
+def test_a_jupyter_kernel_starts_and_runs_a_cell():
+    """The notebooks' runner needs a kernel: ipykernel 6.0-6.4 (once allowed by requirements.txt)
+    died at start-up for a module they did not declare. A fast test, so the floor run has it."""
+    from jupyter_client.manager import start_new_kernel
+
+    manager, client = start_new_kernel(kernel_name="python3", startup_timeout=120)
+    try:
+        reply = client.execute_interactive("print(6 * 7)", timeout=60, output_hook=lambda msg: None)
+        assert reply["content"]["status"] == "ok"
+    finally:
+        client.stop_channels()
+        manager.shutdown_kernel(now=True)

@@ -102,6 +102,7 @@ def test_third_epochs_sets_the_third_models_epochs_even_in_quick_mode(tmp_path):
     assert len(history["val_accuracy"]) == 2  # quick mode alone: 1
 
 
+@pytest.mark.slow
 def test_forced_gpu_paths_train_together_and_end_in_float32_models(tmp_path):
     """ThirdModel in quick mode with ``--force-gpu-paths``: the third model (the original
     recipe: rotations, flips, shifts and dropout) trains with mixed_float16 (loss scaling),
