@@ -209,24 +209,19 @@ def precision_check(args):
 
 def budget(args):
     """Train ``args.recipe`` for ``args.epochs`` epochs on real CIFAR-100 and test it once."""
-    from cifar100cnn import data, hardware, inference, models, recipes, training
-
     import keras
     import tensorflow as tf
+
+    from cifar100cnn import data, hardware, inference, recipes, training
 
     hardware.configure_hardware(precision=args.precision)
     precision = keras.mixed_precision.global_policy().name
     bf16 = sorted(hardware.cpu_flags() & set(hardware.BF16_CPU_FLAGS))
     machine = f"{os.cpu_count()} CPU cores ({', '.join([cpu_name(), *bf16])})"
     dataset = data.load_dataset("cifar100", archive=args.archive, verify=not args.no_verify)
-    if args.recipe == "third_resnet9":
-        recipe = recipes.THIRD_RESNET9
-        builder = lambda: models.build_resnet9(recipe.width, recipe.dropout)  # noqa: E731
-    else:
-        builder = lambda: models.build_third("tuned", whitening_images=dataset.x_train)  # noqa: E731
     start = time.perf_counter()
     model, history = training.train_image_model(
-        "third", builder, dataset, recipes.recipe(args.recipe, epochs=args.epochs), args.work,
+        "third", lambda: build(args.recipe, dataset.x_train), dataset, recipes.recipe(args.recipe, epochs=args.epochs), args.work,
         verbose=2)
     wall = time.perf_counter() - start
     probabilities = inference.predict_in_batches(model, dataset.x_test)
