@@ -33,8 +33,17 @@ NEW = dict(arch="fast", widths=(96, 192, 384), whiten=True, activation="relu", e
            label_smoothing=0.2, augmentation="tuned", warmup=0.15)
 
 
+# The shipped tuned recipe, and corruption augmentations (augment.RandomCorruption) screened
+# for robustness: probabilities of noise, blur and contrast changes per training image.
+TUNED = dict(NEW, widths=(128, 256, 512), epochs=16, learning_rate=1.2, weight_decay=0.01)
+CORRUPTIONS = {"noise": dict(noise=0.5), "noise25": dict(noise=0.25),
+               "mixed": dict(noise=0.5, blur=0.3, contrast=0.3),
+               "mixed_light": dict(noise=0.3, blur=0.2, contrast=0.2),
+               "mixed_heavy": dict(noise=0.6, blur=0.4, contrast=0.4)}
+
+
 def candidates():
-    grid = {"new_e30": dict(NEW, epochs=30)}
+    grid = {"new_e30": dict(NEW, epochs=30), "tuned": dict(TUNED)}
     for e in (5, 10, 20):
         grid[f"new_e{e}"] = dict(NEW, epochs=e)
     grid["new_e10_lr0.8"] = dict(NEW, learning_rate=0.8)
@@ -57,10 +66,10 @@ def parse_candidate(name, grid):
     c = dict(grid[base] if base in grid else {"new": NEW, "old": OLD}[base])
     for pair in pairs:
         key, value = pair.split("=")
-        if key not in c and key != "ema_momentum":
+        if key not in c and key not in ("ema_momentum", "corruption", "whiten_eps"):
             raise ValueError(f"unknown recipe key {key!r} in {name!r}")
         c[key] = (tuple(int(v) for v in value.split("/")) if key == "widths"
-                  else value if key in ("activation", "augmentation", "arch") else
+                  else value if key in ("activation", "augmentation", "arch", "corruption") else
                   value == "True" if key == "whiten" else float(value) if "." in value or "e" in value
                   else int(value))
     return c
@@ -75,7 +84,8 @@ def as_recipe(c):
 def build(c, x_train):
     if c["arch"] == "resnet9":
         return models.build_resnet9(c["width"], c["dropout"])
-    whitening = models.whitening_kernel(x_train[:5000]) if c["whiten"] else None
+    eps = c.get("whiten_eps", 5e-4)
+    whitening = models.whitening_kernel(x_train, eps=eps) if c["whiten"] else None
     return models.build_third_tuned(c["widths"], whitening, c["activation"])
 
 
@@ -84,7 +94,10 @@ def run(name, c, d, seed=0):
     model = build(c, d["x_train"])
     augmentation = augment.build_augmentation(c["augmentation"], seed=seed, xla=True)
     inputs = keras.Input(shape=(32, 32, 3))
-    trainee = keras.Model(inputs, model(augmentation(inputs)))
+    x = augmentation(inputs)
+    if c.get("corruption"):
+        x = augment.RandomCorruption(**CORRUPTIONS[c["corruption"]], seed=seed, dtype="float32")(x)
+    trainee = keras.Model(inputs, model(x))
     steps = -(-len(d["x_train"]) // c["batch_size"])
     compile_model(trainee, as_recipe(c), steps)
     times = []
@@ -99,44 +112,60 @@ def run(name, c, d, seed=0):
     model.compile(loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     val = model.evaluate(d["x_val"], d["y_val"], batch_size=1000, verbose=0)[1]
     test = model.evaluate(d["x_test"], d["y_test"], batch_size=1000, verbose=0)[1] if "x_test" in d else None
-    return dict(name=name, recipe={k: list(v) if isinstance(v, tuple) else v for k, v in c.items()},
+    robust = {}
+    if d.get("robust_sets"):
+        from cifar100cnn import robustness
+
+        r = robustness.evaluate_robustness(model, d["robust_x"], d["robust_y"], d["robust_sets"],
+                                           name=name, batch_size=1000)
+        robust = dict(val_subset_clean=r.clean, val_mean_corruption=r.mean_corruption_accuracy,
+                      val_noise_s1=float(r.accuracy[r.corruptions.index("gaussian_noise"), 0]),
+                      val_corruption_means={k: float(v.mean()) for k, v in zip(r.corruptions, r.accuracy)})
+    return dict(name=name, **robust, recipe={k: list(v) if isinstance(v, tuple) else v for k, v in c.items()},
                 val_accuracy=float(val), test_accuracy=None if test is None else float(test),
                 val_curve=[float(v) for v in hist.history["val_accuracy"]],
+                history={k: [float(v) for v in values] for k, values in hist.history.items()},
                 epoch_seconds=times, first_epoch_seconds=times[0],
                 median_epoch_seconds=float(np.median(times[1:] or times)), wall_seconds=wall,
                 forward_mflop=models.forward_flops(model) / 1e6, backend=keras.backend.backend(),
-                precision=keras.mixed_precision.global_policy().name)
+                precision=keras.mixed_precision.global_policy().name), model
 
 
-def load_packed(folder):
-    """The split as WebP-lossless mosaics of 1,000 images (a transport format that fits the
-    GPU machine's upload limit): files named by their first index, plus labels.npz."""
-    from PIL import Image
+def choose(results, tolerance=0.005, count=2):
+    """The names of the ``count`` most robust candidates whose validation top-1 is within
+    ``tolerance`` of the first (the reference), by mean validation accuracy under corruption;
+    then the others by validation top-1. Validation only: the test set chooses nothing."""
+    floor = results[0]["val_accuracy"] - tolerance
+    eligible = sorted((r for r in results if r["val_accuracy"] >= floor),
+                      key=lambda r: -r.get("val_mean_corruption", 0.0))
+    rest = sorted((r for r in results if r["val_accuracy"] < floor), key=lambda r: -r["val_accuracy"])
+    return [r["name"] for r in eligible + rest][:count]
 
-    tiles = {}
-    for sub in sorted(os.listdir(folder)):
-        path = os.path.join(folder, sub)
-        for f in sorted(os.listdir(path)) if os.path.isdir(path) else []:
-            if f.endswith(".webp"):
-                m = np.asarray(Image.open(os.path.join(path, f)).convert("RGB"))
-                tiles[int(f[:-5])] = m.reshape(25, 32, 40, 32, 3).transpose(0, 2, 1, 3, 4).reshape(1000, 32, 32, 3)
-            elif f == "labels.npz":
-                labels = dict(np.load(os.path.join(path, f)))
-    x = np.concatenate([tiles[k] for k in sorted(tiles)])
-    d = dict(x_train=x[:40000], x_val=x[40000:50000], y_train=labels["y_train"], y_val=labels["y_val"])
-    if len(x) > 50000:
-        d.update(x_test=x[50000:60000], y_test=labels["y_test"])
-    return d
+
+def load_packed(parts):
+    """The original split from the folders that ``pack_cifar.py pack`` writes (lossless WebP
+    mosaics: a transport format that fits a GPU machine's upload limit)."""
+    from pack_cifar import read_parts
+
+    images, labels, _ = read_parts(parts)
+    y_train = labels["train_fine"]
+    return dict(x_train=images[:40000], y_train=y_train[:40000], x_val=images[40000:50000],
+                y_val=y_train[40000:50000], x_test=images[50000:], y_test=labels["test_fine"])
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--archive"), p.add_argument("--packed"), p.add_argument("--no-verify", action="store_true")
+    p.add_argument("--archive"), p.add_argument("--packed", nargs="+"), p.add_argument("--no-verify", action="store_true")
     p.add_argument("--synthetic", type=int, default=0, help="N synthetic images instead (a smoke test)")
     p.add_argument("--candidates", nargs="*", default=None)
     p.add_argument("--epochs", type=int, default=None, help="override every candidate's epochs")
     p.add_argument("--precision", default="mixed_bfloat16")
     p.add_argument("--deadline", type=float, default=1e9, help="seconds; skip candidates after it")
+    p.add_argument("--train-subset", type=int, default=0, help="train on the first N training images only")
+    p.add_argument("--robustness", type=int, default=0,
+                   help="also measure robustness on a fixed subset of N validation images")
+    p.add_argument("--save-chosen", metavar="DIR",
+                   help="save the models that `choose` picks as DIR/<rank>.keras")
     p.add_argument("--out", required=True)
     a = p.parse_args(argv)
     keras.mixed_precision.set_global_policy(a.precision)
@@ -147,22 +176,36 @@ def main(argv=None):
               else data.load_dataset("cifar100", a.archive, verify=not a.no_verify))
         d = dict(x_train=ds.x_train, y_train=ds.y_train, x_val=ds.x_val, y_val=ds.y_val,
                  x_test=ds.x_test, y_test=ds.y_test)
-    print({k: v.shape for k, v in d.items()}, flush=True)
+    if a.train_subset:
+        d["x_train"], d["y_train"] = d["x_train"][:a.train_subset], d["y_train"][:a.train_subset]
+    if a.robustness:
+        from cifar100cnn import robustness
+
+        keep = robustness.fixed_subset(len(d["x_val"]), a.robustness, seed=0)
+        d["robust_x"], d["robust_y"] = d["x_val"][keep], d["y_val"][keep]
+        d["robust_sets"] = robustness.corrupted_sets(d["robust_x"], d["robust_y"])
+    print({k: v.shape for k, v in d.items() if hasattr(v, "shape")}, flush=True)
     grid = candidates()
     names = a.candidates or list(grid)
-    results, start = [], time.time()
+    results, trained, start = [], {}, time.time()
     for name in names:
         if time.time() - start > a.deadline:
             print(f"skipped {name}: past the deadline", flush=True)
             continue
         c = dict(parse_candidate(name, grid), **({"epochs": a.epochs} if a.epochs else {}))
-        r = run(name, c, d)
+        r, trained[name] = run(name, c, d)
         results.append(r)
         print(f"{name}: val {r['val_accuracy']:.4f} test {r['test_accuracy']} "
+              f"val-corrupted {r.get('val_mean_corruption')} val-noise-s1 {r.get('val_noise_s1')} "
               f"epoch {r['median_epoch_seconds']:.1f}s (first {r['first_epoch_seconds']:.1f}s) "
               f"curve {[round(v, 3) for v in r['val_curve']]}", flush=True)
         with open(a.out, "w") as f:
             json.dump(results, f, indent=1)
+    if a.save_chosen and results:
+        os.makedirs(a.save_chosen, exist_ok=True)
+        for rank, name in enumerate(choose(results), 1):
+            trained[name].save_weights(os.path.join(a.save_chosen, f"{rank}.weights.h5"))
+            print(f"chosen {rank}: {name}", flush=True)
 
 
 if __name__ == "__main__":

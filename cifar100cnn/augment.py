@@ -3,7 +3,6 @@
 
 import keras
 import numpy as np
-import tensorflow as tf
 from keras import layers
 
 # Each preset: rotation range (degrees), shift range (fraction of the side), flips, fill.
@@ -213,6 +212,8 @@ def augment_in_model(augment_on="auto"):
     if augment_on not in AUGMENT_PLACES:
         raise ValueError(f"augment_on must be one of {AUGMENT_PLACES}, got {augment_on!r}")
     if augment_on == "auto":
+        import tensorflow as tf  # the tf.data path is TensorFlow's
+
         return bool(tf.config.list_physical_devices("GPU"))
     return augment_on == "model"
 
@@ -265,3 +266,66 @@ def model_to_train(model, kind, seed, augment_on):
     if kind is None or not augment_in_model(augment_on):
         return model
     return with_augmentation(model, build_augmentation(kind, seed, xla=True))
+
+
+# ---------------------------------------------------------------------------
+# Corruption augmentation: noise, blur and contrast changes seen in training, so that the
+# model does not meet them for the first time at test time (robustness.py measures them).
+# ---------------------------------------------------------------------------
+
+def box_blur(images):
+    """Each pixel replaced by the mean of its 3x3 neighbourhood (edges: of the pixels inside)."""
+    return keras.ops.average_pool(images, 3, strides=1, padding="same")
+
+
+@keras.saving.register_keras_serializable(package="cifar100cnn")
+class RandomCorruption(layers.Layer):
+    """Per image and independently: Gaussian noise, a blur and a contrast change, each with
+    its own probability and a random strength (training only; pixels stay in [0, 255]).
+
+    - noise: std ~ U(0, ``noise_std``) x 255 (``noise_std`` as a fraction of full scale);
+    - blur: the image mixed with its 3x3 box blur, weight ~ U(0, 1);
+    - contrast: the distance to the image's mean scaled by ~ U(``contrast_low``, 1).
+
+    Only element-wise maths and one pooling: cheap beside the network, and XLA-compilable.
+    """
+
+    def __init__(self, noise=0.0, noise_std=0.1, blur=0.0, contrast=0.0, contrast_low=0.2,
+                 seed=None, **kwargs):
+        super().__init__(**kwargs)
+        self.noise, self.noise_std = float(noise), float(noise_std)
+        self.blur, self.contrast, self.contrast_low = float(blur), float(contrast), float(contrast_low)
+        self.seed = seed
+        self.seed_generator = keras.random.SeedGenerator(seed)
+        self.supports_jit = True
+
+    def _strength(self, n, probability, low, high):
+        """Per image: U(low, high) with ``probability``, else 0 (shape (n, 1, 1, 1))."""
+        ops = keras.ops
+        chosen = keras.random.uniform((n,), seed=self.seed_generator) < probability
+        amount = keras.random.uniform((n,), low, high, seed=self.seed_generator)
+        return ops.reshape(ops.where(chosen, amount, 0.0), (-1, 1, 1, 1))
+
+    def call(self, images, training=True):
+        if not training:
+            return images
+        ops = keras.ops
+        n = ops.shape(images)[0]
+        x = images
+        if self.blur:
+            x = x + self._strength(n, self.blur, 0.0, 1.0) * (box_blur(x) - x)
+        if self.contrast:
+            mean = ops.mean(x, axis=(1, 2, 3), keepdims=True)
+            x = mean + (x - mean) * (1.0 - self._strength(n, self.contrast, 0.0, 1.0 - self.contrast_low))
+        if self.noise:
+            std = self._strength(n, self.noise, 0.0, 255.0 * self.noise_std)
+            x = x + std * keras.random.normal(ops.shape(x), seed=self.seed_generator)
+        return ops.clip(x, 0.0, 255.0)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {**super().get_config(), "noise": self.noise, "noise_std": self.noise_std,
+                "blur": self.blur, "contrast": self.contrast, "contrast_low": self.contrast_low,
+                "seed": self.seed}

@@ -1,7 +1,6 @@
 """Batched inference that survives GPU out-of-memory."""
 
 import numpy as np
-import tensorflow as tf
 from tqdm.auto import tqdm
 
 
@@ -23,7 +22,9 @@ def predict_in_batches(model, x, batch_size=500, description="predict"):
             batch = x[start:start + batch_size]
             try:
                 outputs.append(np.asarray(model(batch, training=False), dtype=np.float32))
-            except tf.errors.ResourceExhaustedError:
+            except Exception as error:  # each backend names running out of memory its own way
+                if not out_of_memory(error):
+                    raise
                 if batch_size == 1:
                     raise
                 batch_size = max(1, batch_size // 2)
@@ -32,3 +33,9 @@ def predict_in_batches(model, x, batch_size=500, description="predict"):
             start += len(batch)
             bar.update(len(batch))
     return np.concatenate(outputs)
+
+
+def out_of_memory(error):
+    """Whether ``error`` says the device ran out of memory (TensorFlow, JAX/XLA or PyTorch)."""
+    return (type(error).__name__ in ("ResourceExhaustedError", "OutOfMemoryError")
+            or "RESOURCE_EXHAUSTED" in str(error))
