@@ -9,8 +9,9 @@ with checkpoints/resume), ``inference``, ``tuning`` (keras-tuner search), ``arti
 
 __version__ = "0.1.0"
 
-# Stop at import, with the command that fixes it, when TensorFlow/Keras/NumPy are older than
-# the package needs (e.g. an older Keras preinstalled on Colab); see environment.py.
+# Stop at import, with the command that fixes it, when Keras, NumPy or the backend's package
+# (TensorFlow only when it is the backend) is missing or older than the package needs (e.g. an
+# older Keras preinstalled on Colab); see environment.py.
 from .environment import check_versions as _check_versions  # noqa: E402
 
 _check_versions()

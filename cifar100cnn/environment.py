@@ -1,31 +1,35 @@
-"""The environment the package runs in: the lowest TensorFlow, Keras and NumPy it works with,
-checked when it is imported; the environment variables that stand in for parameters.
+"""The environment the package runs in: the lowest Keras, NumPy and (on its backend) TensorFlow
+it works with, checked when it is imported; the environment variables that stand in for
+parameters.
 
 The variables (``CIFAR100_ARCHIVE``, ``CIFAR100_VERIFY``, ``VGG16_WEIGHTS``) are read here only,
 by the edges that take parameters from a user: the CLIs and the notebooks' first code cells.
 Library functions take explicit arguments and never read them.
 
 Colab and other ready-made environments come with their own Keras. One older than ``MINIMUM``
-cannot read the committed models (Keras 3.14 and older reject the initializers' config that
-Keras 3.15 writes: "could not be deserialized properly"), so the package stops at import with
-the command that fixes it instead of failing later, halfway through a notebook.
+lacks what the package's code uses, so the package stops at import with the command that fixes
+it instead of failing later, halfway through a notebook. TensorFlow is needed only when it is
+the Keras backend: with ``KERAS_BACKEND=jax`` or ``torch`` the package imports without it.
 
-The check reads installed versions from the package metadata and imports nothing heavy. A module
-already imported counts as what it is, not what was installed after it: an upgrade only takes
-effect after a restart of the Python process (on Colab: Runtime > Restart session).
+The check reads installed versions from the package metadata and the backend from
+``KERAS_BACKEND`` or Keras' own ``keras.json``, and imports nothing heavy. A module already
+imported counts as what it is, not what was installed after it: an upgrade only takes effect
+after a restart of the Python process (on Colab: Runtime > Restart session).
 
 Set ``CIFAR100CNN_SKIP_VERSION_CHECK=1`` to turn the error into a warning (e.g. to try an older
 Keras on purpose). The floors must agree with requirements.txt and pyproject.toml
-(tests/test_environment.py checks it); README "Versions" says how they were found.
+(tests/test_environment.py checks it); docs/portability.md says how they were found.
 """
 
 import importlib.metadata
+import json
 import os
 import re
 import sys
 import warnings
 
-# The lowest versions that really work (requirements.txt gives the reasons).
+# The lowest versions that really work (requirements.txt gives the reasons). TensorFlow's
+# counts only when it is the Keras backend.
 MINIMUM = {"tensorflow": "2.16", "keras": "3.15", "numpy": "1.26.1"}
 # The names under which each can be installed; the first one found counts.
 DISTRIBUTIONS = {
@@ -33,12 +37,18 @@ DISTRIBUTIONS = {
                    "tensorflow-macos", "tf-nightly"),
     "keras": ("keras", "keras-nightly"),
     "numpy": ("numpy",),
+    "jax": ("jax",),
+    "torch": ("torch",),
 }
+# The package each Keras backend runs on ("numpy" and "openvino" are inference-only backends
+# the package does not support; the check leaves them to Keras).
+BACKEND_PACKAGES = {"tensorflow": "tensorflow", "jax": "jax", "torch": "torch"}
 SKIP_VARIABLE = "CIFAR100CNN_SKIP_VERSION_CHECK"
+BACKEND_VARIABLE = "KERAS_BACKEND"
 
 
 class EnvironmentVersionError(ImportError):
-    """An installed (or already imported) TensorFlow, Keras or NumPy is older than the floor."""
+    """An installed (or already imported) Keras, NumPy or backend is missing or too old."""
 
 
 def parse_version(text):
@@ -72,49 +82,93 @@ def imported_version(module):
     return str(version) if version is not None else None
 
 
+def keras_backend(environ=None):
+    """The Keras backend this process uses or will use, found as Keras finds it but without
+    importing Keras: the loaded Keras' own answer, else ``$KERAS_BACKEND``, else the
+    ``backend`` of ``keras.json`` (in ``$KERAS_HOME`` or ``~/.keras``), else "tensorflow"."""
+    loaded = sys.modules.get("keras")
+    backend = getattr(getattr(loaded, "backend", None), "backend", None)
+    if callable(backend):
+        try:
+            return str(backend())
+        except Exception:  # a stand-in or half-imported module: fall back to the settings
+            pass
+    environ = os.environ if environ is None else environ
+    if environ.get(BACKEND_VARIABLE):
+        return environ[BACKEND_VARIABLE].strip()
+    folder = environ.get("KERAS_HOME") or os.path.join(os.path.expanduser("~"), ".keras")
+    try:
+        with open(os.path.join(folder, "keras.json")) as handle:
+            return str(json.load(handle).get("backend", "tensorflow"))
+    except (OSError, ValueError, AttributeError):
+        return "tensorflow"
+
+
+def required_modules(backend):
+    """The modules the package needs with ``backend``: Keras, NumPy and the backend's own."""
+    package = BACKEND_PACKAGES.get(backend)
+    return ["keras", "numpy"] + ([package] if package else [])
+
+
 def install_command(module):
-    """What to run to bring ``module`` up to its floor, within requirements.txt's range."""
+    """What to run to install ``module`` or bring it up to its floor, within requirements.txt's
+    range."""
+    if module not in MINIMUM:
+        return f"pip install {module}"
     upper = {"tensorflow": ",<2.22", "keras": ",<4"}.get(module, "")
     return f'pip install -U "{module}>={MINIMUM[module]}{upper}"'
 
 
-def problems():
-    """One line per module that is missing, too old on disk, or too old in this process."""
+def _restart_hint(command):
+    return (f"run `{command}` (in a notebook: `%{command}`), then restart the runtime/kernel "
+            "(Colab: Runtime > Restart session) and run again.")
+
+
+def problems(backend=None):
+    """One line per module that is missing, too old on disk, or too old in this process.
+
+    Args:
+        backend: the Keras backend (default: ``keras_backend()``); TensorFlow is required only
+            when it is "tensorflow".
+    """
+    backend = keras_backend() if backend is None else backend
     found = []
-    for module, minimum in MINIMUM.items():
+    for module in required_modules(backend):
+        minimum = MINIMUM.get(module)  # None for jax and torch: any version Keras accepts
         on_disk, in_memory = installed_version(module), imported_version(module)
         command = install_command(module)
-        if in_memory is not None and not _at_least(in_memory, minimum):
+        if in_memory is None and on_disk is None:
+            why = f" (the Keras backend is {backend})" if module == BACKEND_PACKAGES.get(
+                backend) else ""
+            declared = " (in the repository: `pip install -e .`)" if minimum else ""
+            other = (", or choose another backend: `KERAS_BACKEND=jax` with jax installed"
+                     if module == "tensorflow" else "")
+            found.append(f"{module} is not installed{why}: run `{command}`{declared}{other}.")
+        elif minimum is None:
+            continue
+        elif in_memory is not None and not _at_least(in_memory, minimum):
             if on_disk is not None and _at_least(on_disk, minimum):
                 found.append(f"{module} {in_memory} is loaded in this process, but cifar100cnn "
                              f"needs {module}>={minimum} ({on_disk} is installed): restart the "
                              "runtime/kernel (Colab: Runtime > Restart session) and run again.")
             else:
                 found.append(f"{module} {in_memory} is loaded, but cifar100cnn needs "
-                             f"{module}>={minimum}: run `{command}` (in a notebook: "
-                             f"`%{command}`), then restart the runtime/kernel (Colab: Runtime > "
-                             "Restart session) and run again.")
-        elif in_memory is None and on_disk is None:
-            found.append(f"{module} is not installed: run `{command}` (or `pip install -e .` "
-                         "in the repository).")
+                             f"{module}>={minimum}: " + _restart_hint(command))
         elif in_memory is None and not _at_least(on_disk, minimum):
             found.append(f"{module} {on_disk} is installed, but cifar100cnn needs "
-                         f"{module}>={minimum}: run `{command}` (in a notebook: `%{command}`), "
-                         "then restart the runtime/kernel (Colab: Runtime > Restart session) "
-                         "and run again.")
+                         f"{module}>={minimum}: " + _restart_hint(command))
     return found
 
 
-def check_versions():
-    """Raise ``EnvironmentVersionError`` naming the fix when a floor is not met.
+def check_versions(backend=None):
+    """Raise ``EnvironmentVersionError`` naming the fix when a package is missing or older than
+    its floor (``backend`` as for ``problems``).
 
     With ``CIFAR100CNN_SKIP_VERSION_CHECK=1`` it warns instead. Returns the problems found.
     """
-    found = problems()
+    found = problems(backend)
     if found:
-        message = ("cifar100cnn: this environment is older than the package needs (an older "
-                   "Keras fails to load the committed models with 'could not be deserialized "
-                   "properly').\n  " + "\n  ".join(found))
+        message = "cifar100cnn cannot run in this environment:\n  " + "\n  ".join(found)
         if os.environ.get(SKIP_VARIABLE, "").strip() not in ("", "0"):
             warnings.warn(message + f"\n  (${SKIP_VARIABLE} is set: going on anyway.)",
                           stacklevel=2)

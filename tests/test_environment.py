@@ -48,15 +48,20 @@ def ranges(requirements_text):
 
 @pytest.fixture
 def versions(monkeypatch):
-    """Set what is 'installed' and what is 'imported': ``versions(disk={...}, loaded={...})``;
-    modules left out are taken at their floor on disk and not imported."""
-    def set_versions(disk=None, loaded=None):
-        disk = {**environment.MINIMUM, **(disk or {})}
+    """Set what is 'installed', what is 'imported' and the Keras backend:
+    ``versions(disk={...}, loaded={...}, backend="tensorflow")``; modules left out are taken at
+    their floor on disk (jax and torch at some version) and not imported."""
+    def set_versions(disk=None, loaded=None, backend="tensorflow"):
+        disk = {**environment.MINIMUM, "jax": "0.5.0", "torch": "2.6.0", **(disk or {})}
         loaded = loaded or {}
         monkeypatch.setattr(environment, "installed_version", lambda module: disk.get(module))
         monkeypatch.setattr(environment, "imported_version", lambda module: loaded.get(module))
+        monkeypatch.setattr(environment, "keras_backend", lambda: backend)
     monkeypatch.delenv(environment.SKIP_VARIABLE, raising=False)
     return set_versions
+
+
+KERAS_FLOOR = environment.MINIMUM["keras"]
 
 
 def test_floors_pass(versions):
@@ -68,19 +73,19 @@ def test_floors_pass(versions):
 
 
 def test_older_keras_on_disk_names_the_upgrade_and_the_restart(versions):
-    versions(disk={"keras": "3.10.0"})
+    versions(disk={"keras": "3.7.0"})
     with pytest.raises(environment.EnvironmentVersionError) as caught:
         environment.check_versions()
     message = str(caught.value)
-    assert 'keras 3.10.0 is installed, but cifar100cnn needs keras>=3.15' in message
-    assert '%pip install -U "keras>=3.15,<4"' in message
-    assert "Restart session" in message and "could not be deserialized properly" in message
+    assert f"keras 3.7.0 is installed, but cifar100cnn needs keras>={KERAS_FLOOR}" in message
+    assert f'%pip install -U "keras>={KERAS_FLOOR},<4"' in message
+    assert "Restart session" in message and "not installed" not in message
     assert "tensorflow" not in message.split("\n", 1)[1]  # only the module that is too old
 
 
 def test_older_keras_already_imported_after_an_upgrade_asks_for_a_restart(versions):
-    versions(disk={"keras": "3.15.1"}, loaded={"keras": "3.13.2"})
-    with pytest.raises(ImportError, match=r"keras 3\.13\.2 is loaded in this process.*"
+    versions(disk={"keras": "3.15.1"}, loaded={"keras": "3.7.2"})
+    with pytest.raises(ImportError, match=r"keras 3\.7\.2 is loaded in this process.*"
                                           r"\(3\.15\.1 is installed\): restart the runtime"):
         environment.check_versions()
 
@@ -89,9 +94,50 @@ def test_older_tensorflow_and_numpy_and_a_missing_keras_are_all_reported(version
     versions(disk={"tensorflow": "2.15.1", "numpy": "1.26.0", "keras": None})
     problems = environment.problems()
     assert len(problems) == 3
-    assert 'pip install -U "tensorflow>=2.16,<2.22"' in problems[0]
-    assert "keras is not installed" in problems[1]
-    assert 'pip install -U "numpy>=1.26.1"' in problems[2]
+    assert problems[0].startswith("keras is not installed: run `pip install -U \"keras>=")
+    assert 'numpy 1.26.0 is installed' in problems[1] and 'pip install -U "numpy>=1.26.1"' in problems[1]
+    assert 'tensorflow 2.15.1 is installed' in problems[2]
+    assert 'pip install -U "tensorflow>=2.16,<2.22"' in problems[2]
+
+
+@pytest.mark.parametrize("backend", ["jax", "torch"])
+def test_tensorflow_is_needed_only_as_the_backend(versions, backend):
+    """With JAX or PyTorch as the backend a missing (or old) TensorFlow is no problem; a missing
+    backend package is named as missing, with the backend it is missing for."""
+    versions(disk={"tensorflow": None}, backend=backend)
+    assert environment.check_versions() == []
+    versions(disk={"tensorflow": "2.10.0"}, backend=backend)
+    assert environment.check_versions() == []
+    versions(disk={"tensorflow": None, backend: None}, backend=backend)
+    assert environment.problems() == [
+        f"{backend} is not installed (the Keras backend is {backend}): run `pip install "
+        f"{backend}`."]
+
+
+def test_a_missing_tensorflow_is_told_from_an_old_one(versions):
+    versions(disk={"tensorflow": None})
+    with pytest.raises(environment.EnvironmentVersionError) as caught:
+        environment.check_versions()
+    message = str(caught.value)
+    assert "tensorflow is not installed (the Keras backend is tensorflow): run " in message
+    assert "KERAS_BACKEND=jax" in message and "older" not in message and "needs" not in message
+    versions(disk={"tensorflow": "2.15.1"})
+    assert "tensorflow 2.15.1 is installed, but cifar100cnn needs tensorflow>=2.16" in \
+        environment.problems()[0]
+
+
+def test_the_backend_is_found_as_keras_finds_it(monkeypatch, tmp_path):
+    """Without importing Keras: $KERAS_BACKEND, else keras.json in $KERAS_HOME, else tensorflow
+    (a loaded Keras answers for itself; the stand-in below has no backend)."""
+    monkeypatch.setitem(sys.modules, "keras", types.SimpleNamespace(__version__="3.15.0"))
+    home = {"KERAS_HOME": str(tmp_path)}
+    assert environment.keras_backend(home) == "tensorflow"
+    (tmp_path / "keras.json").write_text('{"backend": "torch", "floatx": "float32"}')
+    assert environment.keras_backend(home) == "torch"
+    assert environment.keras_backend({**home, "KERAS_BACKEND": "jax"}) == "jax"
+    loaded = types.SimpleNamespace(backend=types.SimpleNamespace(backend=lambda: "numpy"))
+    monkeypatch.setitem(sys.modules, "keras", loaded)
+    assert environment.keras_backend({"KERAS_BACKEND": "jax"}) == "numpy"
 
 
 def test_the_variable_turns_the_error_into_a_warning(versions, monkeypatch):
@@ -107,10 +153,10 @@ def test_the_variable_turns_the_error_into_a_warning(versions, monkeypatch):
 def test_the_package_import_runs_the_check(monkeypatch):
     """A fresh ``import cifar100cnn`` with an old Keras loaded fails with the check's error."""
     monkeypatch.delenv(environment.SKIP_VARIABLE, raising=False)
-    monkeypatch.setitem(sys.modules, "keras", types.SimpleNamespace(__version__="3.8.0"))
+    monkeypatch.setitem(sys.modules, "keras", types.SimpleNamespace(__version__="3.3.0"))
     for name in [name for name in sys.modules if name.split(".")[0] == "cifar100cnn"]:
         monkeypatch.delitem(sys.modules, name)
-    with pytest.raises(ImportError, match=r"keras 3\.8\.0 is loaded"):
+    with pytest.raises(ImportError, match=r"keras 3\.3\.0 is loaded"):
         __import__("cifar100cnn")
 
 
