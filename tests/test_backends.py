@@ -175,3 +175,16 @@ def test_no_module_outside_the_tf_ones_imports_tensorflow():
         capture_output=True, text=True, cwd=ROOT, timeout=300).stdout.strip().splitlines()[-1])
     if importlib.util.find_spec("jax"):
         assert found is False
+
+
+def test_augmentation_place_follows_the_backend():
+    from cifar100cnn import augment
+
+    assert augment.augment_in_model("model") is True
+    if keras.config.backend() == "tensorflow":
+        assert augment.augment_in_model("pipeline") is False
+        assert augment.augment_in_model("auto") is bool(hardware.gpu_names())
+    else:  # no tf.data map: always in the model, and "pipeline" is refused in one line
+        assert augment.augment_in_model("auto") is True
+        with pytest.raises(ValueError, match="augment_on='pipeline' needs TensorFlow"):
+            augment.augment_in_model("pipeline")
