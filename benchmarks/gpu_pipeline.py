@@ -10,7 +10,8 @@ wall time per notebook, training time and seconds per epoch per model (from the 
 test accuracies (from ``results.csv``), the device, backend, precision and versions. VGG16 needs
 its ImageNet weights (``--vgg16-weights FILE``); without them it is skipped, and the report says
 so. ``--dry`` runs the same code on the CPU in quick mode (tiny synthetic data, one epoch per
-model) with a tiny fake archive passed along; its figures say nothing about any GPU.
+model; VGG16 skipped alike) with a tiny fake archive passed along; its figures say nothing
+about any GPU.
 
 This process imports neither Keras nor JAX: the notebooks' kernels get the accelerator to
 themselves (JAX reserves most of a GPU's memory in the first process that touches it).
@@ -113,7 +114,7 @@ def pipeline_command(args, out, archive):
         command.append("--no-verify")
     if args.dry:
         command.append("--quick")
-    elif args.vgg16_weights:
+    if args.vgg16_weights:
         command += ["--vgg16-weights", args.vgg16_weights]
     else:  # a file that is not there: VGG16 is skipped at once, no download is tried
         command += ["--vgg16-weights", os.path.join(out, "no-vgg16-imagenet-weights.h5")]
