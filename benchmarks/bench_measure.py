@@ -286,7 +286,7 @@ def measure_augmentation(x, y, size):
     """Images/s of one pass of augmented batches: the legacy generator, the package's tf.data
     pipeline, and the same pipeline with three Keras layers."""
     from cifar100cnn.augment import build_augmentation
-    from cifar100cnn.data import make_pipeline
+    from cifar100cnn.tf_pipeline import make_pipeline
 
     n = size["aug"]
     batches, legacy_name = legacy_generator_batches(x[:n] / 255.0, one_hot(y[:n]))
@@ -328,7 +328,8 @@ def hold_original(x, y):
 
 def hold_ours(x, y):
     """Ours: uint8 images, int64 labels, the tf.data pipelines built and a first batch drawn."""
-    from cifar100cnn.data import make_pipeline, split_train_val
+    from cifar100cnn.data import split_train_val
+    from cifar100cnn.tf_pipeline import make_pipeline
 
     (x_tr, y_tr), (x_val, y_val) = split_train_val(x[:N_TRAIN + N_VAL], y[:N_TRAIN + N_VAL])
     train = make_pipeline(x_tr, y_tr, 100, shuffle=True)
@@ -391,7 +392,7 @@ def image_model_runner(name, x, y, size, work_dir, build=None, augment_on="auto"
     """(model, one-epoch runner, n_train, n_val) for a model trained by its recipe on a sample,
     its augmentation placed as ``training.train_image_model`` places it."""
     from cifar100cnn.augment import model_to_train, pipeline_augmentation
-    from cifar100cnn.data import make_pipeline
+    from cifar100cnn.tf_pipeline import make_pipeline
     from cifar100cnn.optimization import compile_model
     from cifar100cnn.recipes import RECIPES
 
@@ -454,7 +455,7 @@ def measure_vgg16_inference(x, size):
 def third_tuned_variants():
     """label -> (build, precision policy, augment_on) for the package's third_tuned and the
     options timed against it, and the labels of the package's and of the narrower option.
-    The package: its model, the policy ``configure_hardware`` set, augmentation where "auto"
+    The package: its model, the policy ``hardware.set_up_hardware`` picks, augmentation where "auto"
     puts it."""
     import keras
     from cifar100cnn.augment import augment_in_model
@@ -624,11 +625,16 @@ def measure_all(mode, command, cli_skipped=None, full_timeout=None):
     Returns:
         A dict of plain numbers and strings, as ``bench_report.render`` takes it.
     """
+    import keras
+
     from cifar100cnn.data import make_synthetic
-    from cifar100cnn.hardware import configure_hardware
+    from cifar100cnn.hardware import set_up_hardware
 
     size = SIZES[mode]
-    _, hardware = configure_hardware()  # the package's precision policy (mixed on a GPU)
+    setup = set_up_hardware()
+    # The package's precision (mixed on a GPU), as the global policy the models here are built under.
+    keras.mixed_precision.set_global_policy(setup.precision)
+    hardware = setup.description
     gpus = gpu_names()
     started, load_before = time.perf_counter(), os.getloadavg()[0]
     n = max(size["model_train"] * 5 // 4, size["aug"], size["vgg_train"] * 5 // 4)

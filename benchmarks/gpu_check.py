@@ -91,7 +91,7 @@ def quick_pipeline(data, strategy, folder, dry):
         for name, recipe in chosen:
             _, fell = quietly(training.train_image_model, name, build[name], data,
                               recipes.recipe(recipe, epochs=1), folder, strategy=strategy, verbose=0,
-                              augment_on="model", jit_compile=True)
+                              augment_on="model", jit_compile=True, precision="mixed_float16")
             fallbacks += fell
             model = artifacts.load_model(artifacts.model_path(name, folder))
             loaded += {w.dtype for w in model.weights} == {"float32"}
@@ -105,15 +105,16 @@ def quick_pipeline(data, strategy, folder, dry):
                 seconds=time.perf_counter() - started, note=note, ok=loaded == len(chosen))
 
 
-def two_epochs(name, recipe, build, data, strategy, folder):
+def two_epochs(name, recipe, build, data, strategy, folder, precision):
     """Two epochs of one model on ``data`` with the default (automatic) paths."""
     from cifar100cnn import recipes, training
 
     started = time.perf_counter()
-    path = training.fast_path(recipes.RECIPES[recipe].augmentation, strategy=strategy)
+    path = training.fast_path(recipes.RECIPES[recipe].augmentation, strategy=strategy,
+                              precision=precision)
     (_, history), fell = quietly(training.train_image_model, name, build, data,
                                  recipes.recipe(recipe, epochs=2), folder, strategy=strategy,
-                                 verbose=0)
+                                 verbose=0, precision=precision)
     first, second = history["seconds"][:2]
     note = (f"first epoch {first:.1f} s (with compilation); path: "
             + (", ".join(path.fast_parts()) or "plain") + ("; " + " | ".join(fell) if fell else ""))
@@ -121,13 +122,14 @@ def two_epochs(name, recipe, build, data, strategy, folder):
                 seconds=time.perf_counter() - started, note=note)
 
 
-def vgg16_epochs(data, strategy, folder):
+def vgg16_epochs(data, strategy, folder, precision):
     """VGG16 (random weights: the speed is the same): features once, then 2 head epochs."""
     from cifar100cnn import recipes, transfer
 
     started = time.perf_counter()
     (_, history), fell = quietly(transfer.train_vgg16, data, recipes.recipe("vgg16", epochs=2),
-                                 weights=None, models_dir=folder, strategy=strategy, verbose=0)
+                                 weights=None, models_dir=folder, strategy=strategy, verbose=0,
+                                 precision=precision)
     total = time.perf_counter() - started
     features = total - sum(history["seconds"])
     note = (f"features of {len(data.x_train) + len(data.x_val):,} images {features:.1f} s (once); "
@@ -177,10 +179,11 @@ def load_data(args):
 
 def run_check(args):
     from cifar100cnn import data as data_module
-    from cifar100cnn.hardware import configure_hardware
+    from cifar100cnn.hardware import set_up_hardware
 
     clock = Clock(args.budget)
-    strategy, hardware = configure_hardware("auto")
+    setup = set_up_hardware("auto")
+    strategy, hardware = setup.strategy, setup.description
     rows = [dict(step="hardware", note=hardware)]
     data = load_data(args)
     rows.append(dict(step="data", seconds=clock.elapsed(), note=data.describe()))
@@ -194,11 +197,11 @@ def run_check(args):
             rows.append(dict(step=f"{name}: 2 epochs", note="skipped: time budget spent"))
             continue
         rows.append(two_epochs(name, recipe, build[name], data, strategy,
-                               os.path.join(folder, "real")))
+                               os.path.join(folder, "real"), setup.precision))
     if clock.over():
         rows.append(dict(step="vgg16: features + 2 head epochs", note="skipped: time budget spent"))
     else:
-        rows.append(vgg16_epochs(data, strategy, os.path.join(folder, "real")))
+        rows.append(vgg16_epochs(data, strategy, os.path.join(folder, "real"), setup.precision))
     rows += projections(rows, len(data.x_train))
     rows.append(dict(step="this check", seconds=clock.elapsed(),
                      note=f"budget {args.budget:.0f} s; data: {data.source}"))

@@ -63,20 +63,20 @@ def time_recipe(recipe_name, precision, x, y, steps):
     """Seconds per training step and per validation image for one recipe and precision."""
     import keras
 
-    from cifar100cnn import augment, data, recipes
+    from cifar100cnn import augment, recipes, tf_pipeline
     from cifar100cnn.optimization import compile_model
 
     keras.mixed_precision.set_global_policy(precision)
     recipe = recipes.RECIPES[recipe_name]
     model = build(recipe_name, x)
     augmentation = augment.build_augmentation(recipe.augmentation, seed=0)
-    train = data.make_pipeline(x, y, recipe.batch_size, shuffle=True, augment=augmentation)
+    train = tf_pipeline.make_pipeline(x, y, recipe.batch_size, shuffle=True, augment=augmentation)
     compile_model(model, recipe, steps)
     model.fit(train, steps_per_epoch=2, epochs=1, verbose=0)  # warm-up: tracing, oneDNN set-up
     start = time.perf_counter()
     model.fit(train, steps_per_epoch=steps, epochs=1, verbose=0)
     step = (time.perf_counter() - start) / steps
-    val = data.make_pipeline(x[:2000], y[:2000], 500)
+    val = tf_pipeline.make_pipeline(x[:2000], y[:2000], 500)
     model.evaluate(val, verbose=0)
     start = time.perf_counter()
     model.evaluate(val, verbose=0)
@@ -193,7 +193,8 @@ def precision_check(args):
         start = time.perf_counter()
         model, history = training.train_image_model(
             "third", lambda: models.build_third("tuned", whitening_images=subset.x_train), subset,
-            recipes.recipe("third_tuned", epochs=args.epochs), work, retrain=True, verbose=0)
+            recipes.recipe("third_tuned", epochs=args.epochs), work, retrain=True, verbose=0,
+            precision=precision)
         results.append(dict(precision=precision, seconds=time.perf_counter() - start,
                             val_accuracy=history["val_accuracy"]))
         print(results[-1], flush=True)
@@ -214,15 +215,14 @@ def budget(args):
 
     from cifar100cnn import data, hardware, inference, recipes, training
 
-    hardware.configure_hardware(precision=args.precision)
-    precision = keras.mixed_precision.global_policy().name
+    precision = hardware.set_up_hardware(args.precision).precision
     bf16 = sorted(hardware.cpu_flags() & set(hardware.BF16_CPU_FLAGS))
     machine = f"{os.cpu_count()} CPU cores ({', '.join([cpu_name(), *bf16])})"
     dataset = data.load_dataset("cifar100", archive=args.archive, verify=not args.no_verify)
     start = time.perf_counter()
     model, history = training.train_image_model(
         "third", lambda: build(args.recipe, dataset.x_train), dataset, recipes.recipe(args.recipe, epochs=args.epochs), args.work,
-        verbose=2)
+        verbose=2, precision=precision)
     wall = time.perf_counter() - start
     probabilities = inference.predict_in_batches(model, dataset.x_test)
     test_top1 = float((probabilities.argmax(1) == dataset.y_test.ravel()).mean())

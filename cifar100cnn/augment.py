@@ -5,6 +5,8 @@ import keras
 import numpy as np
 from keras import layers
 
+from .hardware import backend, gpu_names
+
 # Each preset: rotation range (degrees), shift range (fraction of the side), flips, fill.
 AUGMENTATIONS = {
     # The original's ImageDataGenerator: rotation 40, shifts 0.2, vertical flip, nearest fill.
@@ -201,7 +203,8 @@ def augment_in_model(augment_on="auto"):
     "auto" puts it inside the training step when a GPU is present (batches travel to the GPU
     as uint8 and are transformed there, compiled with the rest of the step by XLA; the host
     CPU only gathers them) and in the parallel tf.data map on CPU-only machines (there it runs
-    beside the training step instead of inside it).
+    beside the training step instead of inside it). The tf.data map needs TensorFlow: on
+    other backends augmentation always runs in the model.
 
     Args:
         augment_on: "auto" (default), "pipeline" or "model".
@@ -211,10 +214,13 @@ def augment_in_model(augment_on="auto"):
     """
     if augment_on not in AUGMENT_PLACES:
         raise ValueError(f"augment_on must be one of {AUGMENT_PLACES}, got {augment_on!r}")
+    if backend() != "tensorflow":
+        if augment_on == "pipeline":
+            raise ValueError(f"augment_on='pipeline' needs TensorFlow's tf.data; under "
+                             f"{backend()} augmentation runs in the model ('model' or 'auto')")
+        return True
     if augment_on == "auto":
-        import tensorflow as tf  # the tf.data path is TensorFlow's
-
-        return bool(tf.config.list_physical_devices("GPU"))
+        return bool(gpu_names())
     return augment_on == "model"
 
 

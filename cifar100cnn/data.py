@@ -1,7 +1,6 @@
 """CIFAR-100 loading (online and offline), the original hold-out split, a synthetic
-CIFAR-shaped dataset, and the tf.data input pipelines.
-
-Images stay uint8 everywhere; models rescale them themselves.
+CIFAR-shaped dataset and the checks of image and label arrays (the input pipelines are in
+``inputs``). Images stay uint8 everywhere; models rescale them themselves.
 """
 
 import hashlib
@@ -367,7 +366,7 @@ def split_dataset(train, test, fine_names, coarse_names, fine_to_coarse, source)
 
 
 # ---------------------------------------------------------------------------
-# Input checks and tf.data pipelines
+# Input checks
 # ---------------------------------------------------------------------------
 
 def check_images(x, name="images"):
@@ -396,53 +395,3 @@ def check_labels(y, n, name="labels", num_classes=NUM_CLASSES):
         raise ValueError(f"{name} must be integer class ids, got dtype {y.dtype}")
     if n and (y.min() < 0 or y.max() >= num_classes):
         raise ValueError(f"{name} must lie in 0..{num_classes - 1}, got {y.min()}..{y.max()}")
-
-
-def indexed_batches(arrays, batch_size, shuffle=False, seed=0):
-    """Batches of ``arrays`` (same length), read from the NumPy arrays in place: a tuple of
-    tensors per batch, or one tensor when there is one array.
-
-    ``from_tensor_slices`` would copy the arrays into the graph (a second copy of the data in
-    memory); here only the indices live in tf.data and each batch is gathered with NumPy.
-    With ``shuffle`` the order is a fresh full permutation every epoch.
-    """
-    import tensorflow as tf
-
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    arrays = [np.asarray(a) for a in arrays]
-    ds = tf.data.Dataset.range(len(arrays[0]))
-    if shuffle:
-        ds = ds.shuffle(len(arrays[0]), seed=seed, reshuffle_each_iteration=True)
-
-    def gather(indices):
-        return tuple(a[indices] for a in arrays)
-
-    def take(indices):
-        batch = tf.numpy_function(gather, [indices], [tf.as_dtype(a.dtype) for a in arrays],
-                                  stateful=False)
-        for tensor, a in zip(batch, arrays):
-            tensor.set_shape((None, *a.shape[1:]))
-        return batch[0] if len(batch) == 1 else tuple(batch)
-
-    return ds.batch(batch_size).map(take, num_parallel_calls=tf.data.AUTOTUNE)
-
-
-def make_pipeline(x, y=None, batch_size=100, shuffle=False, augment=None, seed=0):
-    """uint8 arrays -> batched, prefetched ``tf.data.Dataset`` of ``(images, labels)``.
-
-    ``augment`` is an optional Keras layer (e.g. ``augment.RandomAffine``) applied per batch
-    in parallel map calls. Without ``y`` the elements are the image batches alone.
-    """
-    import tensorflow as tf
-
-    check_images(x, "x")
-    if y is not None:
-        check_labels(y, len(x), "y")
-    ds = indexed_batches([x] if y is None else [x, y], batch_size, shuffle, seed)
-    if augment is not None:
-        def apply(images, labels=None):
-            images = augment(tf.cast(images, "float32"), training=True)
-            return images if labels is None else (images, labels)
-        ds = ds.map(apply, num_parallel_calls=tf.data.AUTOTUNE)
-    return ds.prefetch(tf.data.AUTOTUNE)

@@ -7,17 +7,21 @@ keras-tuner's distributed mode (``KERASTUNER_*``).
 
 Every machine runs the same command; the environment says which part it plays. Training
 saves the model on the chief only; the search's results are written by the tuner chief.
+Both are TensorFlow features (``tf.distribute``, keras-tuner's distributed mode); under JAX,
+the GPUs of one machine train together through ``hardware.pick_strategy`` (DataParallel).
 """
 
 import argparse
+import dataclasses
 import json
 import os
 import shutil
 import sys
 import tempfile
 
-import keras
 import tensorflow as tf
+
+from . import artifacts, data, environment, hardware, models, recipes, training, tuning
 
 MODELS = ("baseline", "overfit", "third_original", "third")
 
@@ -53,55 +57,8 @@ def is_chief(environ=None):
     return task_type == "chief" or (task_type == "worker" and index == 0 and "chief" not in cluster)
 
 
-def multi_worker():
-    """Whether the current strategy is a ``MultiWorkerMirroredStrategy``."""
-    return isinstance(tf.distribute.get_strategy(), tf.distribute.MultiWorkerMirroredStrategy)
-
-
-class MultiWorkerTrainee(keras.Model):
-    """A functional model whose ``fit`` works under ``MultiWorkerMirroredStrategy``, which
-    Keras 3 alone does not manage (keras#20585):
-
-    - Keras reduces the first batch across workers to learn its shapes, which fails with
-      "Attempt to convert a value (PerReplica...)"; this takes this worker's part instead;
-    - Keras averages the step's logs over workers along axis 0, which scalars lack
-      ("Invalid reduction dimension 0"); this hands them over as 1-element vectors.
-    """
-
-    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
-        if iterator is not None:
-            def local(value):
-                if isinstance(value, tf.distribute.DistributedValues):
-                    return self.distribute_strategy.experimental_local_results(value)[0]
-                return value
-
-            for _, _, batches in iterator:
-                data_batch = keras.tree.map_structure(local, next(batches))
-                break
-        return super()._maybe_symbolic_build(data_batch=data_batch)
-
-    def train_step(self, data):
-        return _as_vectors(super().train_step(data))
-
-    def test_step(self, data):
-        return _as_vectors(super().test_step(data))
-
-
-def _as_vectors(logs):
-    return {key: keras.ops.reshape(value, (1,)) for key, value in logs.items()}
-
-
-def for_multi_worker(model):
-    """``model`` as a ``MultiWorkerTrainee`` sharing its layers (training it trains
-    ``model``). Call it under the strategy's scope."""
-    inputs = keras.Input(shape=model.input_shape[1:], name="image")
-    return MultiWorkerTrainee(inputs, model(inputs), name=f"{model.name}_multi_worker")
-
-
 def builder(name, data):
     """The function that builds model ``name`` and its recipe's name."""
-    from . import models
-
     if name == "third":
         return (lambda: models.build_third("tuned", whitening_images=data.x_train)), "third_tuned"
     builders = {"baseline": models.build_baseline, "overfit": models.build_overfit,
@@ -136,10 +93,7 @@ def train(name, data, models_dir="models", epochs=None, seed=0, precision="auto"
     """
     chief = is_chief()
     strategy = tf.distribute.MultiWorkerMirroredStrategy()
-    from . import artifacts, hardware, recipes, training
-
-    hardware.set_precision(precision)
-
+    precision = hardware.resolve_precision(precision)
     build, recipe_name = builder(name, data)
     if chief:  # an earlier, interrupted run must not be resumed by the chief alone
         shutil.rmtree(os.path.join(models_dir, "checkpoints", name), ignore_errors=True)
@@ -148,7 +102,7 @@ def train(name, data, models_dir="models", epochs=None, seed=0, precision="auto"
     try:
         model, history = training.train_image_model(
             name, build, data, recipes.recipe(recipe_name, epochs=epochs), folder, retrain=True,
-            seed=seed, strategy=strategy, verbose=verbose if chief else 0)
+            seed=seed, strategy=strategy, verbose=verbose if chief else 0, precision=precision)
     finally:
         if scratch:
             shutil.rmtree(scratch, ignore_errors=True)
@@ -164,8 +118,6 @@ def search(data, max_epochs=10, budget_trials=6, directory="tuner", seed=0, resu
     with ``KERASTUNER_ORACLE_IP`` and ``KERASTUNER_ORACLE_PORT`` of the chief. The chief
     returns ``(best_hp_values, results)`` and writes ``results_path``; a worker ``(None, [])``.
     """
-    from . import tuning
-
     if tuning.tuner_role() is None:
         raise ValueError("distributed search: set KERASTUNER_TUNER_ID, KERASTUNER_ORACLE_IP and "
                          "KERASTUNER_ORACLE_PORT (see README, 'More than one machine'), or call "
@@ -214,10 +166,6 @@ def parse_args(argv=None):
 
 def load_data(args):
     """The dataset the arguments name, cut to ``--limit`` images when given."""
-    import dataclasses
-
-    from . import data, environment
-
     archive, verify = environment.archive_settings(args.archive, not args.no_verify)
     dataset = data.load_dataset(args.data, archive=archive, verify=verify, quick=args.quick,
                                 seed=args.seed)
@@ -233,8 +181,6 @@ def load_data(args):
 def check_environment(command):
     """The variables ``command`` needs, checked before any data is read: ``TF_CONFIG`` for
     "train", the ``KERASTUNER_*`` variables for "search". Raises ``ValueError``."""
-    from . import tuning
-
     if command == "train":
         is_chief()
     elif tuning.tuner_role() is None:

@@ -3,6 +3,7 @@ fast path (XLA, augmentation in the model, mixed precision) with its fallback.""
 
 import contextlib
 import dataclasses
+import importlib.util
 import os
 import re
 import shutil
@@ -10,12 +11,12 @@ import time
 import warnings
 
 import keras
-import tensorflow as tf
 
 from . import artifacts
 from .augment import augment_in_model, model_to_train, pipeline_augmentation
-from .data import make_pipeline
-from .hardware import configure_hardware, precision_policy, set_seed
+from .hardware import (TF_ONLY, backend, current_strategy, gpu_names, precision_policy,
+                       replicas, resolve_precision, set_seed, set_up_hardware, tf_runtime)
+from .inputs import batch_count, make_batches
 from .optimization import compile_model
 from .recipes import Recipe
 
@@ -95,8 +96,12 @@ def tensorboard(work_dir, fresh):
         fresh: whether no epoch is done yet: then the logs of an earlier training are cleared.
 
     Returns:
-        A ``keras.callbacks.TensorBoard``.
+        A ``keras.callbacks.TensorBoard``; None where TensorFlow is not installed (Keras writes
+        the logs with ``tf.summary``), after a one-line note.
     """
+    if importlib.util.find_spec("tensorflow") is None:
+        print("No TensorBoard logs: Keras writes them with TensorFlow, which is not installed.")
+        return None
     log_dir = tensorboard_dir(work_dir)
     if fresh:
         shutil.rmtree(log_dir, ignore_errors=True)
@@ -125,7 +130,8 @@ def fit(model, train_ds, val_ds, recipe, work_dir, verbose=1, jit_compile="auto"
 
     Args:
         model: the Keras model to train.
-        train_ds: the training batches (a ``tf.data.Dataset``, shuffled already).
+        train_ds: the training batches (``inputs.make_batches``: a ``tf.data.Dataset`` or a
+            ``PyDataset``), shuffled already.
         val_ds: the validation batches.
         recipe: a ``recipes.Recipe``: epochs, optimizer, early stopping, ...
         work_dir: the folder of the checkpoints, the epoch log and the resume backup.
@@ -138,18 +144,17 @@ def fit(model, train_ds, val_ds, recipe, work_dir, verbose=1, jit_compile="auto"
         The history (dict of lists), with the best validation weights loaded into ``model``.
     """
     os.makedirs(work_dir, exist_ok=True)
-    steps = int(train_ds.cardinality())
+    steps = batch_count(train_ds)
     if steps < 1:
         raise ValueError("the training dataset is empty; expected at least one batch")
     jit = use_jit(jit_compile)
-    if tf.distribute.get_strategy().num_replicas_in_sync > 1:
+    on_tensorflow = backend() == "tensorflow"
+    if on_tensorflow and replicas(current_strategy()) > 1:
         # Several batches per call fail under MirroredStrategy in Keras 3 ("You must feed a
         # value for placeholder tensor", keras#19246): one batch per call there.
         recipe = dataclasses.replace(recipe, steps_per_execution=1)
-    from . import distributed
-
-    if distributed.multi_worker():
-        model = distributed.for_multi_worker(model)
+    if on_tensorflow and tf_runtime().multi_worker():
+        model = tf_runtime().for_multi_worker(model)
     with xla_allowed(jit):
         compile_with_xla(model, recipe, steps, jit)
         return _fit_compiled(model, train_ds, val_ds, recipe, work_dir, verbose, callbacks)
@@ -165,8 +170,9 @@ def _fit_compiled(model, train_ds, val_ds, recipe, work_dir, verbose, extra_call
         BestWeights(best_weights, best=log.best()),
         log,
         tensorboard(work_dir, fresh=not log.epochs),
-        keras.callbacks.BackupAndRestore(os.path.join(work_dir, "backup"), double_checkpoint=True),
+        EpochBackup(os.path.join(work_dir, "backup"), double_checkpoint=True),
     ]
+    callbacks = [callback for callback in callbacks if callback is not None]
     if recipe.early_stopping:
         callbacks.append(keras.callbacks.EarlyStopping(monitor="val_accuracy", mode="max",
                                                        patience=recipe.early_stopping))
@@ -239,23 +245,27 @@ def use_jit(jit_compile="auto", strategy=None):
     """Whether the training step is compiled with XLA.
 
     Keras' own "auto" is decided inside Keras and can leave XLA off without a word
-    (tf-keras#418); this one is decided here and reaches ``compile`` as True or False. It
-    is off with several replicas: XLA under ``MirroredStrategy`` breaks mixed_float16's loss
-    scaling (keras#21366) and, on logical CPU devices, reads variables across devices.
+    (tf-keras#418); this one is decided here and reaches ``compile`` as True or False. Under
+    TensorFlow it is off with several replicas: XLA under ``MirroredStrategy`` breaks
+    mixed_float16's loss scaling (keras#21366) and, on logical CPU devices, reads variables
+    across devices. JAX compiles every step with XLA (off, it would run op by op); PyTorch's
+    compilation is left off.
 
     Args:
         jit_compile: "auto" (default), True or False.
         strategy: the strategy the model trains under (default None: the current one).
 
     Returns:
-        ``jit_compile`` when True or False; for "auto": True on a GPU with one replica.
+        ``jit_compile`` when True or False; for "auto": under TensorFlow True on a GPU with
+        one replica, under JAX True, else False.
     """
     if not (isinstance(jit_compile, bool) or jit_compile == "auto"):
         raise ValueError(f"jit_compile must be 'auto', True or False, got {jit_compile!r}")
     if jit_compile != "auto":
         return jit_compile
-    strategy = strategy or tf.distribute.get_strategy()
-    return bool(tf.config.list_physical_devices("GPU")) and strategy.num_replicas_in_sync == 1
+    if backend() != "tensorflow":
+        return backend() == "jax"
+    return bool(gpu_names()) and replicas(strategy or current_strategy()) == 1
 
 
 def layers_without_xla(model):
@@ -276,24 +286,17 @@ def layers_without_xla(model):
     return names
 
 
-@contextlib.contextmanager
 def xla_allowed(jit_compile):
-    """Inside the block, op determinism (which ``set_seed`` turns on for CPUs) is off when
-    ``jit_compile``: Keras silently drops XLA under it. Restored after the block.
+    """A context in which ``jit_compile`` is honoured: under TensorFlow op determinism (which
+    ``set_seed`` turns on for CPUs) is off inside it when ``jit_compile`` (Keras silently
+    drops XLA under it; ``tf_runtime.xla_allowed``); other backends need nothing.
 
     Args:
         jit_compile: whether the model in the block is compiled with XLA.
     """
-    from tensorflow.python.framework import config as tf_config  # the flag Keras itself reads
-
-    turn_off = jit_compile and tf_config.is_op_determinism_enabled()
-    if turn_off:
-        tf_config.disable_op_determinism()
-    try:
-        yield
-    finally:
-        if turn_off:
-            tf_config.enable_op_determinism()
+    if backend() == "tensorflow":
+        return tf_runtime().xla_allowed(jit_compile)
+    return contextlib.nullcontext()
 
 
 def compile_with_xla(model, recipe, steps_per_epoch, jit_compile):
@@ -339,43 +342,61 @@ class TrainingPath:
 PLAIN_PATH = TrainingPath(jit_compile=False, augment_on="pipeline", precision="float32")
 
 
+def plain_path():
+    """The path that avoids every known fast-path failure on this backend: ``PLAIN_PATH``
+    under TensorFlow; elsewhere float32 with augmentation in the model (no tf.data there)
+    and the backend's own compilation (``use_jit("auto")``)."""
+    if backend() == "tensorflow":
+        return PLAIN_PATH
+    return TrainingPath(use_jit("auto"), "model", "float32")
+
+
 @dataclasses.dataclass(frozen=True)
 class TrainingSetup:
-    """What a notebook trains with: its strategy and where the fast path's parts run."""
+    """What a notebook trains with, handed to each training call: its distribution, where the
+    fast path's parts run and the precision."""
 
-    strategy: tf.distribute.Strategy
+    strategy: object  # a tf.distribute.Strategy, a keras.distribution.Distribution or OneDevice
     augment_on: str  # "auto", "pipeline" or "model"
     jit_compile: object  # "auto", True or False
+    precision: str  # the Keras dtype policy models train in ("float32", "mixed_...")
     description: str  # the hardware line, and the forced paths when forced
 
 
 def set_up_training(precision="auto", augment_on="auto", jit_compile="auto",
                     force_gpu_paths=False, seed=0):
-    """Seed, precision policy and distribution strategy of a notebook's training.
+    """Seed, precision and distribution of a notebook's training.
 
     Args:
-        precision: "auto" (default) or a Keras policy name: see ``configure_hardware``.
+        precision: "auto" (default) or a Keras policy name: see ``hardware.set_up_hardware``.
         augment_on: "auto" (default), "pipeline" or "model": see ``augment_in_model``.
         jit_compile: "auto" (default), True or False: see ``use_jit``.
         force_gpu_paths: True turns every GPU-only path on at once, also on a CPU:
-            mixed_float16 with loss scaling, XLA, augmentation in the model and
-            ``MirroredStrategy`` (over 2 logical devices on a CPU). Default False.
+            mixed_float16 with loss scaling, XLA, augmentation in the model and, under
+            TensorFlow, ``MirroredStrategy`` (over 2 logical devices on a CPU). Default False.
         seed: the random seed (default 0).
 
     Returns:
-        A ``TrainingSetup``.
+        A ``TrainingSetup``: hand its strategy, augment_on, jit_compile and precision to
+        ``train_image_model`` (and ``transfer.train_vgg16``).
     """
     set_seed(seed)
     if force_gpu_paths:
         precision, augment_on, jit_compile = "mixed_float16", "model", True
-    strategy, description = configure_hardware(precision, cpu_devices=2 if force_gpu_paths else 1)
+    mirror = force_gpu_paths and backend() == "tensorflow"
+    hardware = set_up_hardware(precision, cpu_devices=2 if mirror else 1)
+    description = hardware.description
     if force_gpu_paths:
-        forced = fast_path("original", augment_on, jit_compile, strategy).fast_parts()
+        forced = fast_path("original", augment_on, jit_compile, hardware.strategy,
+                           hardware.precision).fast_parts()
         description += "\nGPU paths forced: " + ", ".join(forced)
-    return TrainingSetup(strategy, augment_on, jit_compile, description)
+        if not mirror:
+            description += f" (not MirroredStrategy: {TF_ONLY})"
+    return TrainingSetup(hardware.strategy, augment_on, jit_compile, hardware.precision,
+                         description)
 
 
-def fast_path(kind, augment_on="auto", jit_compile="auto", strategy=None):
+def fast_path(kind, augment_on="auto", jit_compile="auto", strategy=None, precision="float32"):
     """The training path asked for.
 
     Args:
@@ -383,13 +404,15 @@ def fast_path(kind, augment_on="auto", jit_compile="auto", strategy=None):
         augment_on: "auto" (default), "pipeline" or "model": see ``augment_in_model``.
         jit_compile: "auto" (default), True or False: see ``use_jit``.
         strategy: default None: the current strategy.
+        precision: the Keras dtype policy to train in (default "float32"; a
+            ``TrainingSetup`` carries the one chosen for the machine).
 
     Returns:
-        A ``TrainingPath`` with the global precision policy (``configure_hardware`` sets it).
+        A ``TrainingPath``.
     """
     in_model = kind is not None and augment_in_model(augment_on)
     return TrainingPath(use_jit(jit_compile, strategy), "model" if in_model else "pipeline",
-                        keras.mixed_precision.global_policy().name)
+                        precision)
 
 
 def fallback_paths(path):
@@ -399,25 +422,49 @@ def fallback_paths(path):
         path: the ``TrainingPath`` asked for.
 
     Returns:
-        ``path``, then ``path`` without XLA (which avoids every known failure above and keeps
-        mixed precision), then ``PLAIN_PATH``; each only where it differs from the one before.
+        ``path``, then (under TensorFlow) ``path`` without XLA (which avoids every known
+        failure above and keeps mixed precision), then ``plain_path()``; each only where it
+        differs from the one before. (JAX without XLA would run op by op: not a fallback.)
     """
     paths = [path]
-    for candidate in (dataclasses.replace(path, jit_compile=False), PLAIN_PATH):
+    candidates = [plain_path()]
+    if backend() == "tensorflow":
+        candidates.insert(0, dataclasses.replace(path, jit_compile=False))
+    for candidate in candidates:
         if candidate != paths[-1]:
             paths.append(candidate)
     return paths
 
 
 class StepWatch(keras.callbacks.Callback):
-    """Counts the training steps done: a failure before the first one is a start-up failure."""
+    """Counts the training steps done: a failure before the first one is a start-up failure.
+
+    It counts at the start of the next step (or of validation, or at the epoch's end), never
+    at a step's end: a callback with a batch-end hook makes Keras wait for each step's
+    results, which stalls a GPU under JAX.
+    """
 
     def __init__(self):
         super().__init__()
-        self.steps = 0
+        self.steps, self._begun = 0, 0
 
-    def on_train_batch_end(self, batch, logs=None):
-        self.steps += 1
+    def on_train_batch_begin(self, batch, logs=None):
+        self.steps = self._begun  # every step begun before this one has run
+        self._begun += 1
+
+    def on_test_begin(self, logs=None):
+        self.steps = self._begun
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.steps = self._begun
+
+
+class EpochBackup(keras.callbacks.BackupAndRestore):
+    """``BackupAndRestore`` saving once per epoch (its default), marked safe for Keras'
+    asynchronous batch callbacks: its batch-end hook saves only with ``save_freq`` in
+    batches, yet its mere presence would make Keras wait for every step's results."""
+
+    async_safe = True
 
 
 def startup_failure(error):
@@ -427,12 +474,26 @@ def startup_failure(error):
         error: the exception raised before the first training step.
 
     Returns:
-        True for an XLA compile error, an op without a kernel or a distribution error; False
-        for out-of-memory (and anything else, e.g. a bad input).
+        True for an XLA compile error, an op without a kernel or a distribution error (on any
+        backend); False for out-of-memory (and anything else, e.g. a bad input).
     """
-    if isinstance(error, tf.errors.ResourceExhaustedError):
+    if out_of_memory(error):
         return False
-    return isinstance(error, (tf.errors.OpError, RuntimeError, NotImplementedError, TypeError))
+    return "OpError" in _class_names(error) or isinstance(
+        error, (RuntimeError, NotImplementedError, TypeError))
+
+
+def _class_names(error):
+    return {cls.__name__ for cls in type(error).__mro__}
+
+
+def out_of_memory(error):
+    """Whether ``error`` says a device ran out of memory, on any backend: TensorFlow's
+    ``ResourceExhaustedError``, XLA's (JAX's) "RESOURCE_EXHAUSTED", PyTorch's
+    ``OutOfMemoryError``."""
+    names = _class_names(error)
+    return bool(names & {"ResourceExhaustedError", "OutOfMemoryError"}) or \
+        "RESOURCE_EXHAUSTED" in str(error)
 
 
 _PREAMBLE = re.compile(r"Graph execution error|Detected at node|<stack traces unavailable>|"
@@ -510,10 +571,10 @@ def fit_on_images(build, data, recipe, work_dir, seed=0, augment_on="auto", stra
         its best validation weights.
     """
     kind = recipe.augmentation
-    train_ds = make_pipeline(data.x_train, data.y_train, recipe.batch_size, shuffle=True,
-                             augment=pipeline_augmentation(kind, seed, augment_on), seed=seed)
-    val_ds = make_pipeline(data.x_val, data.y_val, recipe.batch_size)
-    with (strategy or tf.distribute.get_strategy()).scope():
+    train_ds = make_batches(data.x_train, data.y_train, recipe.batch_size, shuffle=True,
+                            augment=pipeline_augmentation(kind, seed, augment_on), seed=seed)
+    val_ds = make_batches(data.x_val, data.y_val, recipe.batch_size)
+    with (strategy or current_strategy()).scope():
         model = build()
         trainee = model_to_train(model, kind, seed, augment_on)
         history = fit(trainee, train_ds, val_ds, recipe, work_dir, verbose,
@@ -537,13 +598,15 @@ def check_recipe(recipe):
 
 
 def train_image_model(name, build, data, recipe, models_dir="models", retrain=False, seed=0,
-                      strategy=None, verbose=1, augment_on="auto", jit_compile="auto"):
-    """Build (under ``strategy``), train on ``data`` and save the model called ``name``.
+                      strategy=None, verbose=1, augment_on="auto", jit_compile="auto",
+                      precision="float32"):
+    """Build (under ``strategy``, in ``precision``), train on ``data`` and save the model
+    called ``name``.
 
-    Should the fast path asked for (with the precision policy of ``configure_hardware``) fail
-    before its first step, training starts again without XLA, then on the plain path
-    (float32, augmentation in tf.data), with a one-line ``FastPathWarning`` each time. The
-    saved model is float32 either way.
+    Should the fast path asked for fail before its first step, training starts again along
+    ``fallback_paths`` (under TensorFlow without XLA, then float32 with augmentation in
+    tf.data), with a one-line ``FastPathWarning`` each time. The saved model is float32
+    either way.
 
     Args:
         name: the model's name (``artifacts.MODEL_FILES``): where it is saved.
@@ -559,6 +622,8 @@ def train_image_model(name, build, data, recipe, models_dir="models", retrain=Fa
             (see ``augment_in_model``).
         jit_compile: "auto" (default), True or False: whether XLA compiles the training step
             (see ``use_jit``).
+        precision: the Keras dtype policy the model computes in (default "float32";
+            ``set_up_training`` picks one for the machine).
 
     Returns:
         ``(model, history)``.
@@ -566,10 +631,11 @@ def train_image_model(name, build, data, recipe, models_dir="models", retrain=Fa
     check_recipe(recipe)
     augment_in_model(augment_on)  # refuse bad values before any work
     use_jit(jit_compile)
+    precision = resolve_precision(precision)
     found = existing(name, models_dir, retrain)
     if found:
         return found
-    strategy = strategy or tf.distribute.get_strategy()
+    strategy = strategy or current_strategy()
     work_dir = os.path.join(models_dir, "checkpoints", name)
 
     def attempt(path, watch):
@@ -579,6 +645,7 @@ def train_image_model(name, build, data, recipe, models_dir="models", retrain=Fa
                                  verbose, path.jit_compile, callbacks=[watch])
 
     model, history = train_with_fallback(
-        attempt, fast_path(recipe.augmentation, augment_on, jit_compile, strategy), name)
+        attempt, fast_path(recipe.augmentation, augment_on, jit_compile, strategy, precision),
+        name)
     finish(model, history, name, models_dir, work_dir)
     return model, history

@@ -5,12 +5,12 @@ import os
 
 import keras
 import numpy as np
-import tensorflow as tf
 from keras import layers
 
-from .data import IMAGE_SHAPE, indexed_batches
-from .hardware import precision_policy, set_seed
+from .data import IMAGE_SHAPE
+from .hardware import current_strategy, precision_policy, resolve_precision, set_seed
 from .inference import predict_in_batches
+from .inputs import feature_batches
 from .models import classifier, image_input
 from .recipes import VGG16, VGG16_FINETUNE
 from .training import (check_recipe, existing, fast_path, finish, fit, fit_on_images,
@@ -201,7 +201,8 @@ def vgg16_feature_extractor(base):
 
 
 def train_vgg16(data, recipe=VGG16, finetune=None, weights="imagenet", models_dir="models",
-                retrain=False, seed=0, strategy=None, verbose=1, augment_on="auto"):
+                retrain=False, seed=0, strategy=None, verbose=1, augment_on="auto",
+                precision="float32"):
     """Frozen VGG16 base run once over train/validation images, head trained on the features,
     then base + head assembled into one model from raw images and saved.
 
@@ -220,11 +221,14 @@ def train_vgg16(data, recipe=VGG16, finetune=None, weights="imagenet", models_di
         verbose: Keras verbosity (default 1).
         augment_on: where fine-tuning's augmentation runs: "auto" (default), "pipeline" or
             "model" (see ``augment_in_model``).
+        precision: the Keras dtype policy the head trains in (default "float32";
+            ``training.set_up_training`` picks one for the machine).
 
     Returns:
         ``(model, history)``.
     """
     check_recipe(recipe)
+    precision = resolve_precision(precision)
     if finetune is not None:
         check_recipe(finetune)
     input_size = check_vgg16_input_size(recipe.input_size)
@@ -237,7 +241,7 @@ def train_vgg16(data, recipe=VGG16, finetune=None, weights="imagenet", models_di
                   f"{input_size}x{input_size}; set retrain=True to train it at the new size.")
         return found
     set_seed(seed)
-    strategy = strategy or tf.distribute.get_strategy()
+    strategy = strategy or current_strategy()
     with strategy.scope():
         base = build_vgg16_base(weights, input_size)
         extractor = vgg16_feature_extractor(base)
@@ -253,7 +257,8 @@ def train_vgg16(data, recipe=VGG16, finetune=None, weights="imagenet", models_di
             return head, fit(head, train_ds, val_ds, recipe, work_dir, verbose,
                              jit_compile=path.jit_compile, callbacks=[watch])
 
-    head, history = train_with_fallback(attempt, fast_path(None, strategy=strategy), "vgg16")
+    head, history = train_with_fallback(attempt, fast_path(None, strategy=strategy, precision=precision),
+                                        "vgg16")
     with strategy.scope():
         model = assemble_vgg16(base, head)
     if finetune is not None:
@@ -291,9 +296,10 @@ def feature_pipeline(features, labels, batch_size, shuffle=False, seed=0):
         seed: the shuffling seed (default 0).
 
     Returns:
-        A prefetching ``tf.data.Dataset``.
+        ``inputs.feature_batches``: a prefetching ``tf.data.Dataset`` under TensorFlow, else
+        an ``inputs.ArrayBatches``.
     """
-    return indexed_batches([features, labels], batch_size, shuffle, seed).prefetch(tf.data.AUTOTUNE)
+    return feature_batches([features, labels], batch_size, shuffle, seed)
 
 
 def finetune_vgg16(model, data, history, recipe=VGG16_FINETUNE, models_dir="models", seed=0,

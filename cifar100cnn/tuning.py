@@ -8,8 +8,8 @@ import keras_tuner
 
 from . import artifacts
 from .augment import build_augmentation
-from .data import make_pipeline
 from .hardware import set_seed
+from .inputs import make_batches
 from .models import build_third_original, build_third_tuned, whitening_kernel
 from .optimization import compile_model
 from .recipes import RECIPES, THIRD_ORIGINAL, THIRD_TUNED
@@ -57,9 +57,9 @@ class ThirdModelHypermodel(keras_tuner.HyperModel):
     def fit(self, hp, model, data, **kwargs):
         augment = build_augmentation(hp.get("preset"), seed=self.seed)
         batch_size = RECIPES[f"third_{hp.get('preset')}"].batch_size
-        train_ds = make_pipeline(data.x_train, data.y_train, batch_size, shuffle=True,
-                                 augment=augment, seed=self.seed)
-        val_ds = make_pipeline(data.x_val, data.y_val, batch_size)
+        train_ds = make_batches(data.x_train, data.y_train, batch_size, shuffle=True,
+                                augment=augment, seed=self.seed)
+        val_ds = make_batches(data.x_val, data.y_val, batch_size)
         return model.fit(train_ds, validation_data=val_ds, **kwargs)
 
 

@@ -103,13 +103,21 @@ def test_cpu_flags_of_a_machine_without_cpuinfo_is_empty(tmp_path):
     assert hardware.cpu_flags(str(tmp_path / "missing")) == set()
 
 
-def test_configure_hardware_auto_picks_bf16_on_a_bf16_cpu(monkeypatch):
+def test_set_up_hardware_auto_picks_bf16_on_a_bf16_cpu_without_a_global_policy(monkeypatch):
     monkeypatch.setattr(tf.config, "list_physical_devices",
                         lambda kind=None: [] if kind == "GPU" else ["CPU:0"])
     monkeypatch.setattr(hardware, "cpu_flags", lambda path="/proc/cpuinfo": {"amx_bf16"})
-    _, text = hardware.configure_hardware()
-    assert keras.mixed_precision.global_policy().name == "mixed_bfloat16"
-    assert "precision mixed_bfloat16" in text and "amx_bf16" in text
+    setup = hardware.set_up_hardware()
+    assert setup.precision == "mixed_bfloat16"
+    assert "precision mixed_bfloat16" in setup.description and "amx_bf16" in setup.description
+    # The precision travels with the setup; Keras' global policy is left alone.
+    assert keras.mixed_precision.global_policy().name == "float32"
+
+
+def test_auto_precision_under_jax_is_bf16_on_gpus_and_float32_on_cpus():
+    assert hardware.auto_precision(["H200"], {"amx_bf16"}, "jax") == "mixed_bfloat16"
+    assert hardware.auto_precision([], {"amx_bf16"}, "jax") == "float32"
+    assert hardware.auto_precision([], {"amx_bf16"}, "tensorflow") == "mixed_bfloat16"
 
 
 @pytest.mark.parametrize("bad", ["fp16", "bfloat16", None, ""])
@@ -131,8 +139,7 @@ class _Replicas:
 def test_use_jit_is_explicit_and_auto_means_one_gpu(monkeypatch):
     assert training.use_jit(True) is True and training.use_jit(False) is False
     assert training.use_jit("auto") is False  # no GPU here
-    monkeypatch.setattr(tf.config, "list_physical_devices",
-                        lambda kind=None: ["GPU:0"] if kind == "GPU" else [])
+    monkeypatch.setattr(training, "gpu_names", lambda: ["Fake GPU"])
     assert training.use_jit("auto", _Replicas(1)) is True
     assert training.use_jit("auto", _Replicas(2)) is False  # keras#21366
     assert training.use_jit(False, _Replicas(1)) is False
@@ -159,8 +166,8 @@ def test_use_jit_refuses_anything_but_auto_true_false(bad, tmp_path, dataset):
 ])
 def test_forced_gpu_path_trains_and_saves_a_float32_model(dataset, tmp_path, compiled,
                                                           precision, augment_on, jit):
-    keras.mixed_precision.set_global_policy(precision)
-    history, fallbacks = train(dataset, tmp_path, augment_on=augment_on, jit_compile=jit)
+    history, fallbacks = train(dataset, tmp_path, augment_on=augment_on, jit_compile=jit,
+                               precision=precision)
     assert fallbacks == [] and len(history["loss"]) == 2
     trainee = compiled[-1]
     assert trainee.jit_compile is jit  # honoured although set_seed turned determinism on
@@ -171,7 +178,7 @@ def test_forced_gpu_path_trains_and_saves_a_float32_model(dataset, tmp_path, com
     assert isinstance(first, augment.RandomAffine) is (augment_on == "model")
     if augment_on == "model":
         assert first.xla and first.dtype_policy.name == "float32"
-    assert keras.mixed_precision.global_policy().name == precision  # left as it was
+    assert keras.mixed_precision.global_policy().name == "float32"  # left as it was
     saved = saved_float32_model(tmp_path)
     assert saved.count_params() == tiny_model().count_params()
 
@@ -192,9 +199,8 @@ def rotating_model(xla_claimed):
 
 def test_op_without_xla_kernel_falls_back_without_xla(dataset, tmp_path, compiled):
     """A real XLA compile failure (tensorflow#100865, keras#20191) in the first step."""
-    keras.mixed_precision.set_global_policy("mixed_float16")
     history, fallbacks = train(dataset, tmp_path, "baseline", lambda: rotating_model(True),
-                               jit_compile=True)
+                               jit_compile=True, precision="mixed_float16")
     assert len(fallbacks) == 1 and "\n" not in fallbacks[0]
     assert fallbacks[0].startswith("baseline: the fast path failed before its first step "
                                    "(InvalidArgumentError: ")
@@ -229,7 +235,8 @@ def _failing_fit(monkeypatch, errors, step_first=False):
             if step_first:  # as if one step ran
                 for callback in kwargs["callbacks"]:
                     if isinstance(callback, training.StepWatch):
-                        callback.on_train_batch_end(0)
+                        callback.on_train_batch_begin(0)
+                        callback.on_train_batch_begin(1)
             raise errors[len(calls) - 1]
         return original(self, *args, **kwargs)
 
@@ -247,9 +254,9 @@ def xla_error():
 
 def test_injected_failures_fall_back_step_by_step_to_the_plain_path(dataset, tmp_path,
                                                                     compiled, monkeypatch):
-    keras.mixed_precision.set_global_policy("mixed_float16")
     calls = _failing_fit(monkeypatch, [xla_error(), RuntimeError("merge_call (keras#21366)")])
-    history, fallbacks = train(dataset, tmp_path, augment_on="model", jit_compile=True)
+    history, fallbacks = train(dataset, tmp_path, augment_on="model", jit_compile=True,
+                               precision="mixed_float16")
     assert len(calls) == 3 and len(history["loss"]) == 2
     assert fallbacks == [
         "third_original: the fast path failed before its first step (InvalidArgumentError: "
@@ -262,7 +269,7 @@ def test_injected_failures_fall_back_step_by_step_to_the_plain_path(dataset, tmp
     assert plain.jit_compile is False and plain.name == "tiny"  # no augmentation wrapper
     assert not isinstance(plain.optimizer, keras.optimizers.LossScaleOptimizer)
     assert {w.dtype for w in plain.weights} == {"float32"}
-    assert keras.mixed_precision.global_policy().name == "mixed_float16"  # restored
+    assert keras.mixed_precision.global_policy().name == "float32"  # left as it was
     saved_float32_model(tmp_path)
 
 
@@ -298,7 +305,8 @@ _MIRRORED_FAST = textwrap.dedent("""
     import json, os, shutil, sys, tempfile, warnings
     sys.path.insert(0, {here!r})
     from cifar100cnn import hardware, training
-    strategy, text = hardware.configure_hardware("mixed_float16", cpu_devices=2)
+    setup = hardware.set_up_hardware("mixed_float16", cpu_devices=2)
+    strategy, text = setup.strategy, setup.description
     import keras
     from cifar100cnn import artifacts, augment, data, recipes
     from test_gpu_paths import tiny_model
@@ -313,7 +321,7 @@ _MIRRORED_FAST = textwrap.dedent("""
                                                 data.synthetic_dataset(300, 50, source="t"),
                                                 recipes.recipe("third_original", epochs=2), folder,
                                                 strategy=strategy, verbose=0, augment_on="model",
-                                                jit_compile=True)
+                                                jit_compile=True, precision=setup.precision)
     keras.mixed_precision.set_global_policy("float32")
     saved = artifacts.load_model(artifacts.model_path("third_original", folder))
     shutil.rmtree(scratch)

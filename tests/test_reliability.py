@@ -20,7 +20,7 @@ import pytest
 import tensorflow as tf
 
 from cifar100cnn import (artifacts, augment, data, hardware, inference, models, recipes,
-                         training, transfer)
+                         tf_pipeline, training, transfer)
 from cifar100cnn.artifacts import ArtifactError
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -458,7 +458,7 @@ def test_pipeline_streams_uint8_without_float_copies():
     y = np.arange(4000) % 100
     tracemalloc.start()
     try:
-        ds = data.make_pipeline(x, y, batch_size=100, shuffle=True)
+        ds = tf_pipeline.make_pipeline(x, y, batch_size=100, shuffle=True)
         first_images, _ = next(iter(ds))
         _, peak = tracemalloc.get_traced_memory()
     finally:
@@ -467,7 +467,7 @@ def test_pipeline_streams_uint8_without_float_copies():
     assert first_images.dtype == tf.uint8 and first_images.shape == (100, 32, 32, 3)
     # tf.data takes one uint8 copy (1x); a float32 copy would need 4x, float16 2x.
     assert peak < 2 * x.nbytes, f"numpy peak {peak:,} B: a float copy of the images was made"
-    augmented = data.make_pipeline(x, y, batch_size=100,
+    augmented = tf_pipeline.make_pipeline(x, y, batch_size=100,
                                    augment=augment.build_augmentation("tuned"))
     assert augmented.element_spec[0].shape.as_list() == [None, 32, 32, 3]  # floats per batch only
     dataset = data.load_dataset(quick=True)
@@ -556,7 +556,7 @@ def test_same_seed_gives_the_same_shuffle_order():
 
     def first_epoch(seed):
         return np.concatenate([labels.numpy() for _, labels in
-                               data.make_pipeline(x, y, 10, shuffle=True, seed=seed)])
+                               tf_pipeline.make_pipeline(x, y, 10, shuffle=True, seed=seed)])
 
     assert np.array_equal(first_epoch(1), first_epoch(1))
     assert not np.array_equal(first_epoch(1), first_epoch(2))
@@ -625,13 +625,14 @@ def test_several_gpus_select_mirrored_strategy(monkeypatch):
                         lambda device: {"device_name": "Fake GPU"})
     monkeypatch.setattr(tf.distribute, "MirroredStrategy", FakeMirrored)
     monkeypatch.setattr(keras.mixed_precision, "set_global_policy", policies.append)
-    strategy, text = hardware.configure_hardware()
-    assert isinstance(strategy, FakeMirrored) and created == [None]
-    assert policies == ["mixed_float16"] and "2 GPU(s)" in text
+    setup = hardware.set_up_hardware()
+    assert isinstance(setup.strategy, FakeMirrored) and created == [None]
+    assert setup.precision == "mixed_float16" and "2 GPU(s)" in setup.description
+    assert policies == []  # the precision travels with the setup, not as a global policy
 
     fake_gpus.pop()
-    strategy, _ = hardware.configure_hardware()
-    assert not isinstance(strategy, FakeMirrored) and len(created) == 1
+    assert not isinstance(hardware.set_up_hardware().strategy, FakeMirrored)
+    assert len(created) == 1
 
 
 _MIRRORED_ON_CPU = textwrap.dedent("""

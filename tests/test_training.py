@@ -3,10 +3,15 @@
 import json
 import os
 
+import keras
 import numpy as np
 import pytest
 
 from cifar100cnn import artifacts, augment, data, models, recipes, training, transfer, tuning
+
+# Augmentation in tf.data, and tf.function, exist under TensorFlow alone.
+needs_tf = pytest.mark.skipif(keras.config.backend() != "tensorflow",
+                              reason="tf.data augmentation / tf.function: TensorFlow only")
 
 
 def small_dataset(n_train=1000, n_test=200, seed=0):
@@ -95,16 +100,19 @@ def test_tuner_search_stores_trials_ranked_by_validation_accuracy(tmp_path):
         assert len(json.load(handle)) == len(trials)
 
 
+@needs_tf
 @pytest.mark.parametrize("place, expected", [("model", True), ("pipeline", False)])
 def test_augment_in_model_follows_an_explicit_choice(place, expected):
     assert augment.augment_in_model(place) is expected
 
 
+@needs_tf
 def test_augment_in_model_auto_means_inside_the_step_only_on_a_gpu():
     import tensorflow as tf
     assert augment.augment_in_model("auto") is bool(tf.config.list_physical_devices("GPU"))
 
 
+@needs_tf
 def test_augmentation_goes_either_to_the_pipeline_or_to_the_model():
     model = models.build_baseline()
     assert augment.pipeline_augmentation("tuned", 0, "pipeline") is not None
@@ -134,6 +142,7 @@ def test_augmentation_inside_the_model_only_acts_in_training(policy):
     assert augmented.dtype == np.float32 and np.abs(augmented - plain).max() > 1e-3
 
 
+@needs_tf
 def test_augmented_model_compiles_with_xla():
     import tensorflow as tf
     images = small_dataset(200, 10).x_train[:8]
