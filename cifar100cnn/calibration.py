@@ -106,8 +106,9 @@ def calibrate(name, y_val, proba_val, y_test, proba_test, n_bins=15):
 
 
 def calibrate_models(models, x_val, y_val, y_test, probabilities, batch_size=500):
-    """``calibrate`` for every model: each predicts the validation images, its test
-    probabilities come from ``probabilities`` (by name).
+    """``calibrate`` for every model: each predicts the validation images (float32: the
+    temperature depends on every probability), its test probabilities come from
+    ``probabilities`` (by name).
 
     Returns:
         A list of ``Calibration``, in the order of ``models``.
