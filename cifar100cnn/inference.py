@@ -86,9 +86,10 @@ def _infer(model, batch):
 
 
 def predict_raw(model, x, batch_size=500, description="predict"):
-    """``model``'s outputs for ``x`` as it computes them (no bfloat16 copy, no check)."""
+    """``model``'s outputs for ``x`` as it computes them (no bfloat16 copy, no check); no
+    progress bar when ``description`` is None."""
     outputs, start = [], 0
-    with tqdm(total=len(x), desc=description, unit="img", disable=len(x) == 0) as bar:
+    with tqdm(total=len(x), desc=description, unit="img", disable=description is None or len(x) == 0) as bar:
         while start < len(x):
             batch = x[start:start + batch_size]
             try:
