@@ -8,6 +8,7 @@ saved models output probabilities, so their logits are recovered as ``log(probab
 ``evaluation``'s.
 """
 
+import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -106,8 +107,9 @@ def calibrate(name, y_val, proba_val, y_test, proba_test, n_bins=15):
 
 
 def calibrate_models(models, x_val, y_val, y_test, probabilities, batch_size=500):
-    """``calibrate`` for every model: each predicts the validation images, its test
-    probabilities come from ``probabilities`` (by name).
+    """``calibrate`` for every model: each predicts the validation images (float32: the
+    temperature depends on every probability), its test probabilities come from
+    ``probabilities`` (by name).
 
     Returns:
         A list of ``Calibration``, in the order of ``models``.
@@ -136,3 +138,137 @@ def save_calibration(results, path):
     columns = ("model", "temperature", "ece_before", "ece_after", "nll_before", "nll_after")
     rows = [{column: getattr(r, column) for column in columns} for r in results]
     return evaluation.save_results(rows, path, columns=columns)
+
+
+# ---------------------------------------------------------------------------
+# The temperature folded into the model
+# ---------------------------------------------------------------------------
+
+class FoldError(ValueError):
+    """The model does not end in a softmax over a linear layer; nothing was changed."""
+
+
+def _ends_in_softmax(layer):
+    activation = getattr(layer, "activation", None)
+    return getattr(activation, "__name__", None) == "softmax"
+
+
+def _is_linear_scale(layer):
+    """Layers between the logits and the softmax that commute with dividing by T."""
+    kind = type(layer).__name__
+    if kind == "Rescaling":
+        return not np.any(np.asarray(layer.offset, np.float64))
+    if kind == "Activation":
+        return getattr(layer.activation, "__name__", None) == "linear"
+    return kind in ("Dropout", "Identity")
+
+
+def logits_layer(model):
+    """The Dense layer whose outputs, up to a constant factor, are the logits of ``model``'s
+    softmax: the output layer itself (a Dense with a softmax, as in the baseline, overfit,
+    third_original and VGG16 heads) or, behind a final softmax Activation, the last Dense
+    before it across scale-only layers (the tuned third model's ``logits`` and
+    ``logit_scale``). A nested sub-model at the end (VGG16's head) is searched the same way.
+
+    Raises:
+        FoldError: no such layer (something non-linear sits between the Dense and the softmax).
+    """
+    layers = [layer for layer in model.layers if type(layer).__name__ != "InputLayer"]
+    if layers and hasattr(layers[-1], "layers"):
+        return logits_layer(layers[-1])
+    if layers and type(layers[-1]).__name__ == "Dense" and _ends_in_softmax(layers[-1]):
+        return layers[-1]
+    if not layers or type(layers[-1]).__name__ != "Activation" or not _ends_in_softmax(layers[-1]):
+        raise FoldError(f"{model.name} does not end in a softmax; no temperature can be folded in")
+    for layer in reversed(layers[:-1]):
+        if type(layer).__name__ == "Dense" and getattr(layer.activation, "__name__", None) == "linear":
+            return layer
+        if not _is_linear_scale(layer):
+            raise FoldError(f"{model.name}: {layer.name} ({type(layer).__name__}) sits between its "
+                            "logits and its softmax; a temperature cannot be folded in")
+    raise FoldError(f"{model.name} has no Dense layer before its softmax")
+
+
+def fold_temperature(model, temperature):
+    """A copy of ``model`` whose output is already temperature-scaled: its logits layer's
+    kernel and bias divided by ``temperature``, so that ``copy.predict(x)`` equals
+    ``scale(model.predict(x), temperature)``. The copy has the same layers and config (a
+    plain Keras model that loads in safe mode without this package); ``model`` is unchanged.
+
+    Args:
+        model: a Keras model ending in a softmax (``logits_layer``).
+        temperature: T > 0 (``fit_temperature``).
+
+    Returns:
+        The new model.
+    """
+    import keras
+
+    if not np.isfinite(temperature) or temperature <= 0:
+        raise ValueError(f"the temperature must be a positive number, got {temperature!r}")
+    logits_layer(model)  # refuse before copying
+    copy = keras.models.clone_model(model, recursive=True)
+    copy.set_weights(model.get_weights())
+    layer = logits_layer(copy)
+    layer.set_weights([np.asarray(w, np.float32) / np.float32(temperature) for w in layer.get_weights()])
+    return copy
+
+
+def calibrate_saved_model(path, x_val, y_val, out_path=None, batch_size=500, tolerance=1e-3):
+    """Fit the temperature of the model saved at ``path`` on the validation images and save
+    the model with it folded in (``fold_temperature``), through ``artifacts.save_model``.
+
+    The temperature is fitted on the model's own outputs, so a model already calibrated this
+    way gets T close to 1: it is then left as it is (applying this twice changes nothing).
+
+    Args:
+        path: the ``.keras`` file.
+        x_val, y_val: validation images and labels (never the test set).
+        out_path: where to save the calibrated model (default: ``path``, replaced atomically).
+        batch_size: images per prediction batch.
+        tolerance: |T - 1| below which the model counts as calibrated already.
+
+    Returns:
+        The fitted temperature.
+    """
+    from . import artifacts
+    from .inference import predict_in_batches
+
+    model = artifacts.load_model(path)
+    temperature = fit_temperature(y_val, predict_in_batches(model, x_val, batch_size,
+                                                            f"validation {model.name}"))
+    if abs(temperature - 1) < tolerance:
+        print(f"{path}: calibrated already (T = {temperature:.4f}); left as it is.")
+        if out_path and os.fspath(out_path) != os.fspath(path):
+            artifacts.save_model(model, out_path)
+        return temperature
+    artifacts.save_model(fold_temperature(model, temperature), out_path or path)
+    print(f"{out_path or path}: temperature {temperature:.4f} folded into the model's output.")
+    return temperature
+
+
+def main(argv=None):
+    """``python -m cifar100cnn.calibration MODEL.keras...``: fold each model's temperature,
+    fitted on the CIFAR-100 validation split ($CIFAR100_ARCHIVE, $CIFAR100_VERIFY)."""
+    import argparse
+
+    from . import environment
+
+    parser = argparse.ArgumentParser(prog="python -m cifar100cnn.calibration",
+                                     description="Fold a validation-fitted temperature into saved models.")
+    parser.add_argument("models", nargs="+", metavar="MODEL", help=".keras files, each replaced atomically")
+    parser.add_argument("--data", choices=("cifar100", "synthetic"), default="cifar100",
+                        help="the dataset whose validation split fits T (default cifar100)")
+    parser.add_argument("--batch-size", type=int, default=500, help="images per prediction batch")
+    args = parser.parse_args(argv)
+    archive, verify = environment.archive_settings()
+    validation = validation_split(args.data, archive, verify)
+    if validation is None:
+        return 1
+    for path in args.models:
+        calibrate_saved_model(path, *validation, batch_size=args.batch_size)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -10,6 +10,7 @@ from sklearn.metrics import (accuracy_score, confusion_matrix, f1_score,
                              precision_recall_fscore_support, top_k_accuracy_score)
 
 from . import artifacts, data
+from .inference import bfloat16_copy, close_calls, predict_in_batches, predict_raw, recheck_close_calls
 
 # Test accuracies reported by the original project (its third model is reproduced as
 # "third_original"; "third" is our tuned replacement for it, so both rows compare to it).
@@ -33,9 +34,7 @@ def load_models(models_dir="models", names=None):
 
 def predict_timed(model, x, batch_size=500):
     """Softmax probabilities (float32) and the throughput in images per second."""
-    from .inference import predict_in_batches
-
-    model(x[:min(len(x), batch_size)], training=False)  # warm-up: exclude one-off set-up
+    predict_in_batches(model, x[:min(len(x), batch_size)], batch_size, "warm-up")  # one-off set-up
     start = time.perf_counter()
     proba = predict_in_batches(model, x, batch_size, description=f"predict {model.name}")
     return proba, len(x) / (time.perf_counter() - start)
@@ -62,15 +61,36 @@ def tta_views(x, translate=0):
     return views
 
 
-def predict_tta(model, x, batch_size=500, translate=0):
+def predict_tta(model, x, batch_size=500, translate=0, proba=None, precision="float32",
+                labels=None):
     """Probabilities averaged over ``tta_views(x, translate)`` (horizontal flip, and shifts
-    when ``translate`` > 0)."""
-    from .inference import predict_in_batches
+    when ``translate`` > 0).
 
+    Args:
+        model: a Keras model.
+        x: the images.
+        batch_size: images per prediction batch.
+        translate: pixels of the shifted views (0: flip only).
+        proba: the model's float32 probabilities for ``x`` itself when already predicted
+            (reused, not predicted again).
+        precision: "float32" (default) or "bfloat16" for the extra views; with bfloat16,
+            every image whose averaged top-1 or top-5 decision (of its true class when
+            ``labels`` are given) the rounding could change gets its views predicted again
+            in float32, so the decisions, and ``tta_scores``, are float32's.
+        labels: the true classes of ``x`` (see ``precision``).
+    """
     views = tta_views(x, translate)
-    total = sum(predict_in_batches(model, view, batch_size, f"TTA {model.name} {i + 1}/{len(views)}")
-                for i, view in enumerate(views))
-    return total / len(views)
+    label = lambda i: f"TTA {model.name} {i + 1}/{len(views)}"
+    first = proba if proba is not None else predict_in_batches(model, views[0], batch_size, label(0))
+    if precision == "float32":
+        return (first + sum(predict_in_batches(model, view, batch_size, label(i))
+                            for i, view in enumerate(views) if i)) / len(views)
+    fast = bfloat16_copy(model)
+    extra = [predict_raw(fast, view, batch_size, label(i) + " (bf16)") for i, view in enumerate(views) if i]
+    close = close_calls((first + sum(extra)) / len(views), labels)
+    extra = [recheck_close_calls(model, view, p, close, batch_size, label(i + 1))
+             for i, (view, p) in enumerate(zip(views[1:], extra))]
+    return (first + sum(extra)) / len(views)
 
 
 def tta_scores(y_true, proba_tta):
@@ -271,13 +291,15 @@ def load_artifacts(output_dir=".", names=None, required=None):
 
 
 def evaluate_all(models, x_test, y_test, fine_to_coarse, arrays_dir="arrays", batch_size=500,
-                 tta=False, tta_translate=0):
-    """Predict once per model, save the probabilities, and return them with the table rows.
+                 tta=False, tta_translate=0, precision="float32"):
+    """Predict once per model (in float32), save the probabilities, and return them with the
+    table rows.
 
     Args:
         tta: also score test-time augmentation (``predict_tta``) in the ``tta_*`` columns;
             the other columns stay single-view. Default False.
         tta_translate: pixels of the shifted views of the TTA (0: flip only).
+        precision: of the TTA's extra views (``predict_tta``; its scores stay float32's).
     """
     probabilities, rows = {}, []
     for name, model in models.items():
@@ -286,7 +308,8 @@ def evaluate_all(models, x_test, y_test, fine_to_coarse, arrays_dir="arrays", ba
         probabilities[name] = proba
         rows.append(evaluate(name, y_test, proba, fine_to_coarse, model.count_params(), speed))
         if tta:
-            rows[-1].update(tta_scores(y_test, predict_tta(model, x_test, batch_size, tta_translate)))
+            rows[-1].update(tta_scores(y_test, predict_tta(model, x_test, batch_size, tta_translate, proba,
+                                                           precision, y_test)))
     return probabilities, rows
 
 
@@ -302,8 +325,6 @@ def pick_examples(y_true, proba, n_right=4, n_wrong=4, seed=0):
 
 def saved_or_predicted(name, model, x_test, arrays_dir="arrays"):
     """The probabilities TestModels.ipynb saved for ``name`` when they fit ``x_test``, else predict."""
-    from .inference import predict_in_batches
-
     path = proba_path(name, arrays_dir)
     if os.path.exists(path):
         proba = artifacts.load_array(path).astype(np.float32)

@@ -24,6 +24,10 @@ def load_image(path, side=IMAGE_SIDE):
     """One image file as the models expect it: RGB, shorter side resized to ``side`` pixels,
     then the centre ``side`` x ``side`` square.
 
+    A larger image is shrunk by area averaging (a box filter: each output pixel is the mean of
+    the pixels it covers), so a 32x32 picture enlarged by a whole factor comes back pixel for
+    pixel and gets the same answer at any size; a smaller one is enlarged with Lanczos.
+
     Args:
         path: any image format Pillow reads (PNG, JPEG, GIF, BMP, TIFF, WebP...). The EXIF
             orientation of photos is applied; transparency and palettes become plain RGB.
@@ -44,7 +48,9 @@ def load_image(path, side=IMAGE_SIDE):
     try:
         with Image.open(path) as image:
             image = ImageOps.exif_transpose(image).convert("RGB")
-            fitted = ImageOps.fit(image, (side, side), method=Image.Resampling.LANCZOS)
+            shrinking = min(image.size) >= side
+            method = Image.Resampling.BOX if shrinking else Image.Resampling.LANCZOS
+            fitted = ImageOps.fit(image, (side, side), method=method)
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
         raise PredictError(f"{path}: not an image Pillow can read ({one_line(error)})") from None
     return np.asarray(fitted, dtype=np.uint8)
@@ -109,8 +115,9 @@ def load_predictor(path):
 def top_classes(model, images, names, k=5):
     """For each image (uint8, (N, 32, 32, 3)), the ``k`` most probable ``(name, probability)``."""
     from .evaluation import top_k_labels
+    from .inference import predict_raw
 
-    proba = np.asarray(model(np.asarray(images), training=False), dtype=np.float32)
+    proba = predict_raw(model, np.asarray(images), description=None)  # one line per image, no bar
     return [top_k_labels(row, names, k) for row in proba]
 
 

@@ -217,7 +217,8 @@ class Robustness:
                 for i, name in enumerate(self.corruptions) for severity in SEVERITIES]
 
 
-def evaluate_robustness(model, x_clean, y_clean, sets, name=None, batch_size=500):
+def evaluate_robustness(model, x_clean, y_clean, sets, name=None, batch_size=500, clean_proba=None,
+                        precision="float32"):
     """Accuracy of ``model`` on the clean images and on every set of ``sets``.
 
     Args:
@@ -227,6 +228,11 @@ def evaluate_robustness(model, x_clean, y_clean, sets, name=None, batch_size=500
             ``load_cifar_c``.
         name: the model's name in the table (default: ``model.name``).
         batch_size: images per prediction batch.
+        clean_proba: the model's probabilities for ``x_clean`` when already predicted (for
+            instance the test-set ones, indexed by the subset): reused, not predicted again.
+        precision: "float32" (default) or "bfloat16" for the corrupted sets; every image
+            whose right-or-wrong the bfloat16 rounding could change is predicted again in
+            float32 (``inference.predict_in_batches``), so the accuracies are float32's.
 
     Returns:
         A ``Robustness``.
@@ -234,14 +240,17 @@ def evaluate_robustness(model, x_clean, y_clean, sets, name=None, batch_size=500
     from .inference import predict_in_batches
 
     name = name or model.name
-    clean = predict_in_batches(model, x_clean, batch_size, f"{name} clean")
+    clean = clean_proba if clean_proba is not None else predict_in_batches(
+        model, x_clean, batch_size, f"{name} clean")
     corruptions = tuple(dict.fromkeys(corruption for corruption, _ in sets))
     accuracy = np.full((len(corruptions), len(SEVERITIES)), np.nan)
     for i, corruption in enumerate(corruptions):
         parts = [sets[(corruption, s)] for s in SEVERITIES]
+        labels = np.concatenate([labels for _, labels in parts])
         proba = predict_in_batches(model, np.concatenate([images for images, _ in parts]),
-                                   batch_size, f"{name} {corruption}")
-        hits = proba.argmax(axis=1) == np.concatenate([labels for _, labels in parts])
+                                   batch_size, f"{name} {corruption}", precision=precision,
+                                   labels=labels, ranks=(1,))
+        hits = proba.argmax(axis=1) == labels
         accuracy[i] = [chunk.mean() for chunk in np.split(hits, len(SEVERITIES))]
     return Robustness(name, float(np.mean(clean.argmax(axis=1) == y_clean)), corruptions,
                       accuracy, len(x_clean))

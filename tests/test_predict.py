@@ -173,3 +173,25 @@ def test_the_predictions_figure(tmp_path):
     assert [t.get_text() for t in bars.get_yticklabels()] == ["pear", "apple"]  # best on top
     assert [t.get_text() for t in bars.texts] == ["5%", "90%"]
     matplotlib.pyplot.close(fig)
+
+
+@pytest.mark.parametrize("factor", [2, 3, 8])
+def test_an_image_enlarged_by_a_whole_factor_comes_back_pixel_for_pixel(tmp_path, models_dir, factor):
+    original = np.random.default_rng(factor).integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    path = tmp_path / f"enlarged_x{factor}.png"
+    side = 32 * factor
+    Image.fromarray(original).resize((side, side), Image.Resampling.NEAREST).save(path)
+    np.testing.assert_array_equal(predict.load_image(str(path)), original)
+    Image.fromarray(original).save(tmp_path / "original.png")
+    model = predict.load_predictor(artifacts.model_path("baseline", models_dir))
+    names = data.label_names("cifar100")[0]
+    small, big = predict.top_classes(model, np.stack([predict.load_image(str(tmp_path / "original.png")),
+                                                      predict.load_image(str(path))]), names)
+    assert small == big  # the same classes with the same probabilities
+
+
+def test_an_enlarged_photo_that_is_not_square_keeps_its_centre(tmp_path):
+    original = np.random.default_rng(1).integers(0, 256, (32, 48, 3), dtype=np.uint8)  # wide
+    path = tmp_path / "wide_x4.png"
+    Image.fromarray(original).resize((48 * 4, 32 * 4), Image.Resampling.NEAREST).save(path)
+    np.testing.assert_array_equal(predict.load_image(str(path)), original[:, 8:40])
