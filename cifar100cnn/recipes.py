@@ -1,7 +1,10 @@
-"""Every model's training recipe: one frozen, typed configuration each, in one place.
+"""Every model's recipe: one frozen, typed configuration each, in one place, saying what is
+built (the sizes ``models.build`` reads) and how it trains (what ``optimization`` and
+``training`` read). Every field is read by the package.
 
 Change a recipe with ``dataclasses.replace(recipes.BASELINE, epochs=5)`` or
-``recipes.recipe("baseline", epochs=5)``: a misspelt field name fails loudly.
+``recipes.recipe("baseline", epochs=5)``: a misspelt field name fails loudly. Build and train
+from the same recipe: ``models.build("third_tuned", recipe, whitening_images=x_train)``.
 """
 
 import dataclasses
