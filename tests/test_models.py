@@ -159,3 +159,25 @@ def test_every_model_outputs_float32_probabilities_under_mixed_precision(policy,
     probabilities = model(IMAGES)
     assert keras.backend.standardize_dtype(probabilities.dtype) == "float32"
     np.testing.assert_allclose(np.asarray(probabilities).sum(axis=1), 1.0, atol=1e-3)
+
+
+@pytest.mark.parametrize("name, recipe", [
+    ("third_tuned", recipes.recipe("third_tuned", widths=(4, 8, 16))),
+    ("third_resnet9", recipes.recipe("third_resnet9", width=4)),
+])
+def test_standardization_uses_the_cifar100_channel_mean_and_std(name, recipe):
+    layer = models.build(name, recipe).get_layer("standardize")
+    pixels = IMAGES.astype("float32")
+    expected = (pixels / 255 - np.array([0.5071, 0.4865, 0.4409])) / np.array([0.2673, 0.2564, 0.2762])
+    np.testing.assert_allclose(np.asarray(layer(pixels)), expected, rtol=1e-4, atol=1e-4)
+
+
+def test_third_models_end_with_global_max_pooling_as_documented():
+    """Pooling has no weights, so the parameter counts alone would not notice another kind."""
+    resnet9 = models.build("third_resnet9")
+    assert resnet9.count_params() == 1_671_492
+    assert [type(layer).__name__ for layer in resnet9.layers][-3:] == [
+        "GlobalMaxPooling2D", "Dropout", "Dense"]
+    tuned = models.build("third_tuned", recipes.recipe("third_tuned", widths=(4, 8, 16)))
+    assert [type(layer).__name__ for layer in tuned.layers][-4:] == [
+        "GlobalMaxPooling2D", "Dense", "Rescaling", "Activation"]
