@@ -4,17 +4,29 @@ Every model takes raw 32x32x3 images with pixel values 0-255 (uint8 or float) an
 own preprocessing as built-in, parameter-free or frozen layers, so any saved model loads
 with ``keras.models.load_model(path)`` under ``safe_mode=True`` and needs no custom code.
 
-How each model trains is its recipe, in ``recipes``.
+What each model is (its sizes) and how it trains is its recipe, in ``recipes``; ``build``
+makes the model a recipe describes.
 """
+
+import dataclasses
 
 import keras
 import numpy as np
 from keras import layers
 
 from .data import IMAGE_SHAPE, NUM_CLASSES
-from .recipes import THIRD_TUNED
+from .recipes import RECIPES, THIRD_ORIGINAL, THIRD_RESNET9, THIRD_TUNED, Recipe
 
 THIRD_PRESETS = ("tuned", "original")
+
+# The tuned network's fixed constants, taken from the CIFAR speed records (not searched; a
+# recipe changes only its widths and dropout):
+LOGIT_SCALE = 1 / 9  # factor on the logits before the softmax
+BN_MOMENTUM = 0.9  # batch norm's moving-average momentum (Keras' default: 0.99)
+BN_EPSILON = 1e-5
+WHITEN_PATCH = 2  # side in pixels of the frozen whitening convolution
+WHITEN_EPS = 5e-4  # added to the patch covariance's eigenvalues
+WHITEN_FILTERS = 2 * WHITEN_PATCH ** 2 * 3  # each eigenvector and its negative
 
 
 def image_input(name="image"):
@@ -84,15 +96,18 @@ def build_overfit():
     return keras.Model(inputs, classifier(x), name="overfit")
 
 
-def build_third_original():
+def build_third_original(dropout=THIRD_ORIGINAL.dropout):
     """The original third model: the overfit conv base, Dropout(0.5), Dense256.
+
+    Args:
+        dropout: the dropout rate (default the recipe's, 0.5).
 
     Returns:
         A Keras model: 643,492 parameters.
     """
     inputs = image_input()
     x = _original_conv_base(_rescale(inputs))
-    x = layers.Dropout(0.5)(x)
+    x = layers.Dropout(dropout)(x)
     x = layers.Dense(256, activation="relu")(x)
     return keras.Model(inputs, classifier(x), name="third_original")
 
@@ -110,7 +125,7 @@ def _residual(x, filters):
     return layers.Add()([x, y])
 
 
-def build_resnet9(width=32, dropout=0.2):
+def build_resnet9(width=THIRD_RESNET9.width, dropout=THIRD_RESNET9.dropout):
     """Our earlier tuned third model, a ResNet-9-style network: BN conv blocks, two residual
     stages, global pooling.
 
@@ -147,7 +162,7 @@ def _standardize(inputs):
                             name="standardize")(inputs)
 
 
-def whitening_kernel(images, patch=2, eps=5e-4, max_patches=200_000, seed=0):
+def whitening_kernel(images, patch=WHITEN_PATCH, eps=WHITEN_EPS, max_patches=200_000, seed=0):
     """A ``patch`` x ``patch`` convolution kernel that whitens image patches (ZCA-like, as in
     the CIFAR speed records): the covariance's eigenvectors scaled by 1/sqrt(eigenvalue),
     each with its negative, so ReLU/GELU after it keeps both signs.
@@ -163,13 +178,16 @@ def whitening_kernel(images, patch=2, eps=5e-4, max_patches=200_000, seed=0):
         A float32 array of shape (patch, patch, 3, 2 * patch^2 * 3).
     """
     rng = np.random.default_rng(seed)
-    x = (images.astype("float32") / 255 - np.array(CIFAR100_MEAN, "float32")) / np.array(CIFAR100_STD, "float32")
-    n, h, w, c = x.shape
+    images = np.asarray(images)
+    n, h, w, c = images.shape
     count = min(max_patches, n * (h - patch + 1) * (w - patch + 1))
     idx, ys, xs = (rng.integers(0, limit, count) for limit in (n, h - patch + 1, w - patch + 1))
     offsets = np.arange(patch)
-    patches = x[idx[:, None, None], ys[:, None, None] + offsets[None, :, None],
-                xs[:, None, None] + offsets[None, None, :]]  # (count, p, p, c)
+    pixels = images[idx[:, None, None], ys[:, None, None] + offsets[None, :, None],
+                    xs[:, None, None] + offsets[None, None, :]]  # (count, p, p, c)
+    # Standardized after sampling: the same values, without a float copy of every image.
+    patches = ((pixels.astype("float32") / 255 - np.array(CIFAR100_MEAN, "float32"))
+               / np.array(CIFAR100_STD, "float32"))
     flat = patches.reshape(count, -1).astype("float64")
     eigenvalues, eigenvectors = np.linalg.eigh(np.cov(flat, rowvar=False))
     filters = eigenvectors / np.sqrt(eigenvalues + eps)
@@ -184,33 +202,35 @@ def _fast_block(x, filters, activation, name):
                           kernel_initializer="he_normal", name=f"{name}_conv{i + 1}")(x)
         if i == 0:
             x = layers.MaxPooling2D(2, name=f"{name}_pool")(x)
-        x = layers.BatchNormalization(momentum=0.9, epsilon=1e-5, name=f"{name}_bn{i + 1}")(x)
+        x = layers.BatchNormalization(momentum=BN_MOMENTUM, epsilon=BN_EPSILON,
+                                      name=f"{name}_bn{i + 1}")(x)
         x = layers.Activation(activation, name=f"{name}_act{i + 1}")(x)
     return x
 
 
-def build_third_tuned(widths=(128, 256, 512), whitening=None, activation="relu",
-                     logit_scale=1 / 9, dropout=0.0):
+def build_third_tuned(widths=THIRD_TUNED.widths, whitening=None, activation="relu",
+                     logit_scale=LOGIT_SCALE, dropout=THIRD_TUNED.dropout):
     """The speed-record family of CIFAR networks: a frozen 2x2 whitening convolution, three
     conv-pool blocks, global max pooling and a scaled-down linear classifier.
 
     Args:
-        widths: channels of the three blocks (default ``(128, 256, 512)``).
+        widths: channels of the three blocks (default the recipe's, ``(128, 256, 512)``).
         whitening: optional kernel from ``whitening_kernel`` (shape (2, 2, 3, 24)); ``None``
             (default) keeps the layer's random initialization (still frozen).
         activation: ``"relu"`` (default) or ``"gelu"``.
-        logit_scale: factor on the logits before the softmax (default 1/9).
-        dropout: dropout rate before the classifier (default 0).
+        logit_scale: factor on the logits before the softmax (default ``LOGIT_SCALE``, 1/9).
+        dropout: dropout rate before the classifier (default the recipe's, 0).
 
     Returns:
         A Keras model: 4,657,464 parameters with the default widths.
     """
     inputs = image_input()
     x = _standardize(inputs)
-    whiten = layers.Conv2D(24, 2, padding="valid", name="whiten", trainable=False)
+    whiten = layers.Conv2D(WHITEN_FILTERS, WHITEN_PATCH, padding="valid", name="whiten",
+                           trainable=False)
     x = whiten(x)
     if whitening is not None:
-        whiten.set_weights([np.asarray(whitening, "float32"), np.zeros(24, "float32")])
+        whiten.set_weights([np.asarray(whitening, "float32"), np.zeros(WHITEN_FILTERS, "float32")])
     x = layers.Activation(activation, name="whiten_act")(x)
     for i, width in enumerate(widths):
         x = _fast_block(x, width, activation, f"block{i + 1}")
@@ -223,24 +243,69 @@ def build_third_tuned(widths=(128, 256, 512), whitening=None, activation="relu",
     return keras.Model(inputs, outputs, name="third_tuned")
 
 
-def build_third(preset="tuned", whitening_images=None, **overrides):
+# The recipe fields each model's architecture reads; the others must keep their defaults.
+ARCHITECTURE_FIELDS = {"baseline": (), "overfit": (), "third_original": ("dropout",),
+                       "third_tuned": ("widths", "dropout"), "third_resnet9": ("width", "dropout")}
+_DEFAULTS = {field.name: field.default for field in dataclasses.fields(Recipe)}
+
+
+def build(name, recipe=None, whitening_images=None, whitening=None):
+    """The model of recipe ``name``, its sizes read from ``recipe``.
+
+    Args:
+        name: "baseline", "overfit", "third_original", "third_tuned" or "third_resnet9" (VGG16
+            is built by ``transfer``).
+        recipe: a ``recipes.Recipe`` (default ``recipes.RECIPES[name]``). A size field the
+            model has no use for (``widths`` for "baseline", ...) raises ``ValueError``.
+        whitening_images: "third_tuned": the uint8 training images (never validation or test
+            images) to compute the frozen whitening layer from. Default None: random (still
+            frozen), fine for tests and timings, not for training. The other models have no
+            whitening layer and ignore it.
+        whitening: "third_tuned": a kernel already computed by ``whitening_kernel`` from the
+            training images, instead of ``whitening_images``.
+
+    Returns:
+        A Keras model.
+    """
+    if name not in ARCHITECTURE_FIELDS:
+        raise ValueError(f"unknown model {name!r}; expected one of {list(ARCHITECTURE_FIELDS)} "
+                         "(VGG16: transfer.build_vgg16)")
+    recipe = RECIPES[name] if recipe is None else recipe
+    unread = [field for field in ("widths", "width", "dropout")
+              if field not in ARCHITECTURE_FIELDS[name] and getattr(recipe, field) != _DEFAULTS[field]]
+    if unread:
+        raise ValueError(f"the {name} model has no use for the recipe's {unread}; leave them "
+                         f"out (sizes it reads: {list(ARCHITECTURE_FIELDS[name]) or 'none'}).")
+    if name == "third_tuned":
+        if whitening is None and whitening_images is not None:
+            whitening = whitening_kernel(whitening_images)
+        return build_third_tuned(tuple(recipe.widths), whitening, dropout=recipe.dropout)
+    if name == "third_resnet9":
+        return build_resnet9(recipe.width, recipe.dropout)
+    if name == "third_original":
+        return build_third_original(recipe.dropout)
+    return build_baseline() if name == "baseline" else build_overfit()
+
+
+def build_third(preset="tuned", whitening_images=None, recipe=None, **overrides):
     """The third model of ``preset``: "tuned" (ours) or "original" (the original's recipe).
 
     Args:
         preset: "tuned" (default) or "original".
         whitening_images: training images (uint8) to initialise the tuned model's whitening
             layer from (default None: random, still frozen; fine for tests, not for training).
-        **overrides: architecture arguments of ``build_third_tuned`` instead of the recipe's.
+        recipe: the ``recipes.Recipe`` whose sizes to build (default the preset's).
+        **overrides: recipe fields (e.g. ``widths``) changed before building; train with the
+            same recipe (``recipes.recipe("third_tuned", widths=...)``).
 
     Returns:
         A Keras model.
     """
-    if preset == "original":
-        return build_third_original()
-    if preset == "tuned":
-        whitening = None if whitening_images is None else whitening_kernel(whitening_images)
-        return build_third_tuned(**{"widths": THIRD_TUNED.widths, "whitening": whitening, **overrides})
-    raise ValueError(f"unknown third-model preset {preset!r}; expected one of {THIRD_PRESETS}")
+    if preset not in THIRD_PRESETS:
+        raise ValueError(f"unknown third-model preset {preset!r}; expected one of {THIRD_PRESETS}")
+    name = f"third_{preset}"
+    recipe = dataclasses.replace(RECIPES[name] if recipe is None else recipe, **overrides)
+    return build(name, recipe, whitening_images)
 
 
 def forward_flops(model):

@@ -10,57 +10,102 @@ from . import artifacts
 from .augment import build_augmentation
 from .hardware import set_seed
 from .inputs import make_batches
-from .models import build_third_original, build_third_tuned, whitening_kernel
+from .models import build, whitening_kernel
 from .optimization import compile_model
-from .recipes import RECIPES, THIRD_ORIGINAL, THIRD_TUNED
+from .recipes import THIRD_ORIGINAL, THIRD_TUNED
 from .training import use_jit
 
 WIDTHS = (96, 128)  # the tuned network's first-block widths searched (x2, x4 in blocks 2, 3)
 
 
-def build_candidate(hp, steps_per_epoch=1, epochs=1, whitening=None, widths=WIDTHS):
-    """One model of the search space: the original recipe ("original") or the tuned network
-    with its width (one of ``widths``), peak learning rate, weight decay and label smoothing
-    free. XLA as ``training.use_jit("auto")`` decides."""
+def candidate_recipe(hp, widths=WIDTHS, epochs=None):
+    """The recipe of one candidate: the original recipe ("original") or the tuned one with its
+    width (one of ``widths``, x2 and x4 in blocks 2 and 3), peak learning rate, weight decay
+    and label smoothing free.
+
+    Args:
+        hp: ``keras_tuner.HyperParameters`` (the choices are registered on it).
+        widths: the first-block widths to choose from (default ``WIDTHS``).
+        epochs: the recipe's epochs (default its own).
+
+    Returns:
+        A ``recipes.Recipe``.
+    """
     preset = hp.Choice("preset", ["tuned", "original"])
-    if preset == "original":
-        model = build_third_original()
-        recipe = THIRD_ORIGINAL
-    else:
+    recipe = THIRD_ORIGINAL
+    if preset == "tuned":
         with hp.conditional_scope("preset", ["tuned"]):
             width = hp.Choice("width", [int(w) for w in widths])
             recipe = dataclasses.replace(
-                THIRD_TUNED, learning_rate=hp.Float("learning_rate", 0.4, 1.6, sampling="log"),
+                THIRD_TUNED, widths=(width, 2 * width, 4 * width),
+                learning_rate=hp.Float("learning_rate", 0.4, 1.6, sampling="log"),
                 weight_decay=hp.Choice("weight_decay", [5e-3, 1e-2]),
                 label_smoothing=hp.Choice("label_smoothing", [0.1, 0.2]))
-        model = build_third_tuned((width, 2 * width, 4 * width), whitening)
-    # The learning-rate schedule spans the largest epoch budget of the search.
-    return compile_model(model, dataclasses.replace(recipe, epochs=epochs), steps_per_epoch,
-                         jit_compile=use_jit("auto"))
+    return recipe if epochs is None else dataclasses.replace(recipe, epochs=epochs)
+
+
+def best_recipe(values, epochs=None):
+    """The recipe of a candidate from its hyperparameter values (``search_third``'s best).
+
+    Args:
+        values: a dict such as ``search_third``'s first result.
+        epochs: the recipe's epochs (default its own).
+
+    Returns:
+        A ``recipes.Recipe``.
+    """
+    hp = keras_tuner.HyperParameters()
+    hp.values.update(values)
+    return candidate_recipe(hp, (values.get("width", WIDTHS[0]),), epochs)
+
+
+def build_candidate(hp, train_size=1, epochs=1, whitening=None, widths=WIDTHS):
+    """One model of the search space (``candidate_recipe``), compiled for ``train_size``
+    training images: its learning-rate schedule spans ``epochs`` epochs at the candidate's
+    own batch size. XLA as ``training.use_jit("auto")`` decides."""
+    recipe = candidate_recipe(hp, widths, epochs)
+    name = f"third_{hp.get('preset')}"
+    model = build(name, recipe, whitening=whitening)
+    steps_per_epoch = -(-train_size // recipe.batch_size)
+    return compile_model(model, recipe, steps_per_epoch, jit_compile=use_jit("auto"))
 
 
 class ThirdModelHypermodel(keras_tuner.HyperModel):
-    """Search space + fit: each trial also chooses its augmentation ("original" or "tuned")."""
+    """Search space + fit: each trial also chooses its augmentation ("original" or "tuned").
 
-    def __init__(self, steps_per_epoch, max_epochs, seed=0, whitening=None, widths=WIDTHS):
+    Args:
+        train_size: training images per epoch (sizes each candidate's schedule).
+        max_epochs: the largest epoch budget of the search (the schedules span it).
+        seed: the augmentation's and pipeline's seed.
+        whitening: the tuned network's whitening kernel, computed from the training images.
+        widths: the first-block widths searched.
+    """
+
+    def __init__(self, train_size, max_epochs, seed=0, whitening=None, widths=WIDTHS):
         super().__init__()
-        self.steps_per_epoch = steps_per_epoch
+        self.train_size = train_size
         self.max_epochs = max_epochs
         self.seed = seed
         self.whitening = whitening
         self.widths = widths
 
     def build(self, hp):
-        return build_candidate(hp, self.steps_per_epoch, self.max_epochs, self.whitening,
+        return build_candidate(hp, self.train_size, self.max_epochs, self.whitening,
                                self.widths)
 
     def fit(self, hp, model, data, **kwargs):
         augment = build_augmentation(hp.get("preset"), seed=self.seed)
-        batch_size = RECIPES[f"third_{hp.get('preset')}"].batch_size
+        batch_size = candidate_recipe(hp, self.widths).batch_size
         train_ds = make_batches(data.x_train, data.y_train, batch_size, shuffle=True,
                                 augment=augment, seed=self.seed)
         val_ds = make_batches(data.x_val, data.y_val, batch_size)
         return model.fit(train_ds, validation_data=val_ds, **kwargs)
+
+
+def hypermodel_for(data, max_epochs, seed=0, widths=WIDTHS):
+    """The search's ``ThirdModelHypermodel`` on ``data``: whitening from the training images."""
+    return ThirdModelHypermodel(len(data.x_train), max_epochs, seed, whitening_kernel(data.x_train),
+                                widths)
 
 
 class BudgetHyperbandOracle(keras_tuner.oracles.HyperbandOracle):
@@ -129,14 +174,12 @@ def search_third(data, max_epochs=10, budget_trials=6, directory="tuner", seed=0
         raise ValueError(f"budget_trials and max_epochs must be >= 1, got {budget_trials}, {max_epochs}")
     role = tuner_role()
     set_seed(seed)
-    batch_size = min(THIRD_TUNED.batch_size, THIRD_ORIGINAL.batch_size)
-    steps = -(-len(data.x_train) // batch_size)
     oracle = BudgetHyperbandOracle(
         budget_trials, objective="val_accuracy", max_epochs=max_epochs, factor=3,
         hyperband_iterations=1, seed=seed, max_consecutive_failed_trials=2,
         max_retries_per_trial=0)
     tuner = BudgetHyperband(
-        oracle, ThirdModelHypermodel(steps, max_epochs, seed, whitening_kernel(data.x_train), widths),
+        oracle, hypermodel_for(data, max_epochs, seed, widths),
         directory=directory, project_name="third_model", overwrite=False)
     tuner.search(data, epochs=max_epochs, verbose=verbose)
     if role == "worker":  # the results live with the chief

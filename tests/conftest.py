@@ -5,9 +5,7 @@ format); nothing needs the real CIFAR-100 archive except the tests marked ``real
 skip without it (``$CIFAR100_ARCHIVE`` or ``../shared/data/cifar-100-python.tar.gz``).
 """
 
-import json
 import os
-import subprocess
 import sys
 
 import numpy as np
@@ -82,13 +80,7 @@ def script_result():
     """A function: ``script_result(source, timeout, **env)`` runs ``source`` in a fresh
     interpreter (``python -c``, in the repository root, the package on the path, TensorFlow's
     logging quiet, ``env`` added) and returns the JSON its ``RESULT `` line printed; the test
-    fails with the script's output when it printed none."""
-    def run(source, timeout, **env):
-        result = subprocess.run([sys.executable, "-c", source], capture_output=True, text=True,
-                                timeout=timeout, cwd=ROOT,
-                                env=dict(os.environ, PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL="2", **env))
-        lines = [line for line in result.stdout.splitlines() if line.startswith("RESULT ")]
-        assert lines, result.stdout[-3000:] + result.stderr[-3000:]
-        return json.loads(lines[0][len("RESULT "):])
+    fails with the script's output when it printed none (``script_result.run_script``)."""
+    from script_result import run_script
 
-    return run
+    return run_script

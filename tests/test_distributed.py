@@ -13,6 +13,7 @@ import time
 import pytest
 
 from cifar100cnn import artifacts, distributed, tuning
+from script_result import result_line, script_env
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -39,8 +40,7 @@ def run_together(jobs, folder, timeout):
     started = {}
     try:
         for name, argv, extra in jobs:
-            env = dict(os.environ, PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL="2",
-                       CUDA_VISIBLE_DEVICES="", TQDM_DISABLE="1", **extra)
+            env = script_env(CUDA_VISIBLE_DEVICES="", TQDM_DISABLE="1", **extra)
             log = open(os.path.join(folder, f"{name}.log"), "w")
             started[name] = (subprocess.Popen(argv, cwd=ROOT, env=env, stdout=log,
                                               stderr=subprocess.STDOUT), log)
@@ -62,11 +62,6 @@ def run_together(jobs, folder, timeout):
         with open(os.path.join(folder, f"{name}.log")) as handle:
             results[name] = (process.returncode, handle.read())
     return results
-
-
-def result_line(output):
-    lines = [line for line in output.splitlines() if line.startswith("RESULT ")]
-    return lines[-1] if lines else None
 
 
 def explain(results):

@@ -2,7 +2,9 @@
 
 import ast
 import dataclasses
+import glob
 import inspect
+import os
 import re
 
 import pytest
@@ -52,3 +54,16 @@ def test_the_tuned_recipe_is_the_documented_one():
             recipe.momentum, recipe.weight_decay, recipe.label_smoothing, recipe.augmentation,
             recipe.widths) == (16, 512, "sgd", 1.2, 0.9, 1e-2, 0.2, "tuned", (128, 256, 512))
     assert recipes.RECIPES["third_tuned"] is recipe
+
+
+def test_every_recipe_field_is_read_by_the_package():
+    """A field nothing reads would be a setting that silently does nothing."""
+    package = os.path.dirname(recipes.__file__)
+    read = set()
+    for path in glob.glob(os.path.join(package, "*.py")):
+        if os.path.basename(path) != "recipes.py":
+            with open(path) as handle:
+                read |= {node.attr for node in ast.walk(ast.parse(handle.read()))
+                         if isinstance(node, ast.Attribute)}
+    fields = [f.name for f in dataclasses.fields(recipes.Recipe)]
+    assert [name for name in fields if name not in read] == []
