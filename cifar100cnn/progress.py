@@ -40,10 +40,9 @@ def step_title(cells, index):
             section = plain
             break
         if not note and not after_code:
-            note = re.split(r"(?<=[.:])\s", plain, maxsplit=1)[0].rstrip(".:")
-    if section and note:
-        return f"{section}: {note}"
-    return section or note or "(no heading)"
+            note = re.split(r"(?<=[.:?])\s", plain, maxsplit=1)[0].rstrip(".:")
+    title = f"{section}: {note}" if section and note else section or note or "(no heading)"
+    return title if len(title) <= 90 else title[:89] + "…"
 
 
 class Progress:

@@ -117,7 +117,7 @@ def report(name, models_dir, history, setup_description, run_started):
     path = history_path(name, models_dir)
     if os.path.exists(path) and os.path.getmtime(path) >= run_started:
         record = save(name, models_dir, setup_description)
-        return (f"Trained {name} in this run: {epochs} epochs{best}. "
+        return (f"Trained {name} in this run: {_epochs(epochs)}{best}. "
                 f"Record: {record_path(name, models_dir)}")
     record = load(name, models_dir)
     if record:
@@ -126,4 +126,8 @@ def report(name, models_dir, history, setup_description, run_started):
                  f"{record['setup'].replace(chr(10), '; ')}{note}")
     else:
         where = NOT_RECORDED
-    return f"{where}\n{epochs} epochs{best}:\n{epoch_table(history)}"
+    return f"{where}\n{_epochs(epochs)}{best}:\n{epoch_table(history)}"
+
+
+def _epochs(count):
+    return f"{count} epoch" + ("" if count == 1 else "s")
