@@ -159,11 +159,12 @@ def speed(args):
                          pipeline_seconds=pipeline[recipe_name],
                          samples=[r["epoch_seconds"] for r in results]))
     report = dict(cpu=cpu_name(), cores=os.cpu_count(), steps=args.steps, rounds=args.rounds,
-                  date=time.strftime("%Y-%m-%d"), threads=threads(), xla=False,
+                  threads=threads(), xla=False,
                   command=f"python benchmarks/third_recipes.py speed --steps {args.steps} "
                           f"--rounds {args.rounds}",
-                  what="training steps (train_on_batch on fixed, pre-augmented batches) + "
-                       "validation predictions; the input pipeline timed apart",
+                  what="training steps on 40,000 images (train_on_batch on fixed, pre-augmented "
+                       "batches) + predictions on 10,000 validation images; the input pipeline "
+                       "timed apart",
                   data="synthetic CIFAR-shaped images (speed does not depend on content)",
                   rows=rows)
     path = args.output or os.path.join(OUT_DIR, "speed.json")
@@ -174,9 +175,8 @@ def speed(args):
 
 
 def speed_table(report):
-    lines = [f"Training time per epoch (40,000 training images: steps only; + predictions on "
-             f"10,000 validation images), {report['cpu']}, {report['cores']} cores, "
-             f"{report['date']}, `{report['command']}`:", "",
+    lines = [f"Training time per epoch ({report['what']}), {report['cpu']}, {report['cores']} "
+             f"cores, {report['data']}; `{report['command']}`:", "",
              "| recipe | precision | s / epoch | epochs | whole training |",
              "|---|---|---:|---:|---:|"]
     for row in report["rows"]:
@@ -191,7 +191,7 @@ def curve(args):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    with open(os.path.join(OUT_DIR, "speed.json")) as f:
+    with open(args.speed or os.path.join(OUT_DIR, "speed.json")) as f:
         report = json.load(f)
     with open(os.path.join(OUT_DIR, "runs.json")) as f:
         runs = json.load(f)["runs"]
@@ -202,8 +202,8 @@ def curve(args):
               "third_tuned": ("tab:blue", "tuned recipe (whitened CNN, 128-256-512)")}
     lines = [f"Test top-1 on CIFAR-100 (a copy checked against the official release) against "
              f"training minutes on {report['cpu']} ({report['cores']} cores, {precision}); "
-             f"minutes = epochs x the measured seconds per epoch (`python benchmarks/third_recipes.py "
-             f"speed`):", "", "| recipe | epochs | minutes | test top-1 | where the run was trained |",
+             f"minutes = epochs x the seconds per epoch above:", "",
+             "| recipe | epochs | minutes | test top-1 | where the run was trained |",
              "|---|---:|---:|---:|---|"]
     for recipe_name, (color, label) in styles.items():
         points = sorted((r for r in runs if r["recipe"] == recipe_name), key=lambda r: r["epochs"])
@@ -223,7 +223,8 @@ def curve(args):
                label=f"the earlier recipe's shipped model ({today['test_top1']:.3f})")
     ax.axvline(30 * epoch_seconds[("third_resnet9", precision)] / 60 / 3, color="tab:gray", ls="--", lw=1,
                label="1/3 of the earlier recipe's time")
-    ax.set_xlabel(f"training minutes on {report['cores']} CPU cores ({precision}, projected from measured s/epoch)")
+    ax.set_xlabel(f"minutes of training steps: epochs x measured s/epoch\n({report['cores']} cores "
+                  f"of an {report['cpu']}, {precision})", fontsize=9)
     ax.set_ylabel("test top-1 (CIFAR-100)")
     ax.set_title("Third model: accuracy versus training time")
     ax.grid(alpha=0.3)
@@ -310,7 +311,10 @@ def main(argv=None):
     s.add_argument("--output", default=None,
                    help="where to write the JSON report (default: docs/recipes/speed.json)")
     c = commands.add_parser("curve", help="accuracy-versus-time figure and table")
-    c.add_argument("--precision", default="mixed_bfloat16", choices=PRECISIONS)
+    c.add_argument("--precision", default="mixed_bfloat16", choices=PRECISIONS,
+                   help="whose seconds per epoch set the x axis (default: mixed_bfloat16)")
+    c.add_argument("--speed", default=None,
+                   help="the seconds per epoch to use (default: docs/recipes/speed.json)")
     p = commands.add_parser("precision", help="the same short real-data run in both precisions")
     p.add_argument("--archive", default=os.path.join(REPO_ROOT, "..", "shared", "data",
                                                     "cifar-100-python.tar.gz"))
