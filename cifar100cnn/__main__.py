@@ -139,20 +139,28 @@ def notebook_parameters(args, environ=None):
     }
 
 
+def shown(path):
+    """``path`` as the user would type it: relative to the current folder when inside it."""
+    relative = os.path.relpath(path)
+    return path if relative.startswith("..") else relative
+
+
 def run(args):
+    """The ``run`` command: start from the committed models (a CIFAR-100 run), then execute the
+    notebooks (``runner.run_notebooks``)."""
     parameters = notebook_parameters(args)
     output_dir = parameters["output_dir"]
-    shown = os.path.relpath(output_dir) if not os.path.relpath(output_dir).startswith("..") else output_dir
+    where = shown(output_dir)
     if args.data == "cifar100" and not args.quick:
         copies = runner.seed_models(os.path.join(output_dir, "models"))
         if copies and not args.retrain:
             print(f"Reusing the committed models ({', '.join(copies)}), copied to "
-                  f"{os.path.join(shown, 'models')}; --retrain trains them again there.")
-    print(f"Writing to {shown}/ (executed/, figures/, models/, arrays/).", flush=True)
+                  f"{os.path.join(where, 'models')}; --retrain trains them again there.")
+    print(f"Writing to {where}/ (executed/, figures/, models/, arrays/).", flush=True)
     status = runner.run_notebooks(args.notebooks, parameters, output_dir)
     if status == 0:
-        print(f"Executed notebooks in {os.path.join(shown, 'executed')}/, figures in "
-              f"{os.path.join(shown, 'figures')}/, results in {os.path.join(shown, 'models')}/.")
+        print(f"Executed notebooks in {os.path.join(where, 'executed')}/, figures in "
+              f"{os.path.join(where, 'figures')}/, results in {os.path.join(where, 'models')}/.")
     return status
 
 

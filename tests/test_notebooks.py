@@ -33,12 +33,34 @@ def outputs_text(notebook_path):
                    for output in cell.get("outputs", []))
 
 
+TERMINAL = {}  # what the quick run printed
+
+
 @pytest.fixture(scope="module")
 def quick_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("quick")
     result = run_pipeline(out)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    TERMINAL.update(stdout=result.stdout, stderr=result.stderr)
     return out
+
+
+@pytest.mark.slow
+def test_quick_run_shows_progress_and_nothing_alarming(quick_run):
+    printed = TERMINAL["stdout"] + TERMINAL["stderr"]
+    for number, name in enumerate(NOTEBOOKS, 1):
+        assert f"[{number}/4] {name}" in printed, name
+    assert "step 1/" in printed and "Trained third in this run" in printed
+    for alarming in ("ERROR", "KeyboardInterrupt", "without encryption", "I0000", "E0000",
+                     "Traceback", "Warning"):
+        assert alarming not in printed, alarming
+    assert TERMINAL["stderr"] == ""
+    assert not (quick_run / "failed").exists()
+    for name in NOTEBOOKS:  # papermill's record: the notebook and its final place, relative
+        with open(quick_run / "executed" / name) as handle:
+            record = json.load(handle)["metadata"]["papermill"]
+        assert record["input_path"] == name and record["output_path"] == f"executed/{name}"
+        assert str(quick_run) not in json.dumps(record) and REPO not in json.dumps(record)
 
 
 def test_top_level_notebooks_have_no_outputs_and_a_parameters_cell():
