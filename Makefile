@@ -1,5 +1,6 @@
 # Two commands do all set-up on a fresh machine:
-#   make run    the main job: the four notebooks in order (ARGS="--quick" for a smoke test)
+#   make run    the main job: the four notebooks in order, written under runs/cifar100/ from the
+#               committed models (ARGS="--quick" for a smoke test, "--retrain" to train again)
 #   make test   the test suite
 # Both install the exact versions of requirements.lock. After changing requirements.txt:
 #   make lock   refresh requirements.lock and requirements-floor.txt (needs uv: pip install uv);

@@ -1,4 +1,4 @@
-"""The prepared device check (issue 11, part 3): one command, one table.
+"""The prepared device check: one command, one table.
 
     python benchmarks/gpu_check.py [--archive PATH] [--out results.json]   # on a GPU
     python benchmarks/gpu_check.py --dry [--out results.json]       # CPU, tiny synthetic data

@@ -4,58 +4,84 @@
 import argparse
 import os
 import sys
-import time
 
-from . import environment
+from . import environment, runner
+from .runner import (KERNEL_ARGUMENTS, NOTEBOOKS, REPO_ROOT, failed_folder,  # noqa: F401 (the CLI's API)
+                     kernel_environment, kernel_parameters, notebook_arguments)
 
-NOTEBOOKS = ("TrainingModels.ipynb", "ThirdModel.ipynb", "TestModels.ipynb", "VisualizeModel.ipynb")
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+def notebook_name(value):
+    """A notebook of ``runner.NOTEBOOKS``, given with or without ".ipynb"; anything else is an
+    error that lists the valid names (argparse exits with status 2)."""
+    name = value if value.endswith(".ipynb") else value + ".ipynb"
+    if name not in runner.NOTEBOOKS:
+        raise argparse.ArgumentTypeError(
+            f"unknown notebook {value!r}; choose from {', '.join(runner.NOTEBOOKS)}")
+    return name
 
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(prog="python -m cifar100cnn",
                                      description="CIFAR-100 CNN pipeline (four notebooks).")
     commands = parser.add_subparsers(dest="command", required=True)
-    run = commands.add_parser("run", help="execute the four notebooks in order")
-    run.add_argument("--quick", action="store_true",
-                     help="tiny synthetic data and 1-2 epochs: a smoke test of the whole pipeline")
-    run.add_argument("--data", choices=("cifar100", "synthetic"), default="cifar100",
-                     help="data source (default: cifar100)")
-    run.add_argument("--out", default=None,
-                     help="folder for models/, arrays/, figures/ and executed/ (default: the repo; "
-                          "runs/quick or runs/synthetic for those modes, so that they never "
-                          "reuse or overwrite the CIFAR-100 models)")
-    run.add_argument("--archive", default=None,
-                     help="local cifar-100-python.tar.gz (default: $CIFAR100_ARCHIVE, else download)")
-    run.add_argument("--no-verify", action="store_true",
-                     help="skip the sha256 check of a local archive ($CIFAR100_VERIFY=0 does the same)")
-    run.add_argument("--vgg16-weights", default="imagenet",
-                     help="'imagenet' (download), a local .h5 file ($VGG16_WEIGHTS), or 'none' (random)")
-    run.add_argument("--vgg16-finetune", action="store_true",
-                     help="after the head, unfreeze VGG16 block 5 and train at a low rate (GPU advised)")
-    run.add_argument("--vgg16-input-size", type=int, default=None,
-                     help="upscale images to this size for VGG16 (32-224; default: the recipe's 32, "
-                          "as the original)")
-    run.add_argument("--third-preset", choices=("tuned", "original"), default="tuned")
-    run.add_argument("--third-epochs", type=int, default=None,
-                     help="epochs of the third model (default: its preset's; for the tuned "
-                          "recipe, 10-12 fit the earlier recipe's float32 time on CPUs without "
-                          "bf16)")
-    run.add_argument("--precision", default="auto",
-                     choices=("auto", "float32", "mixed_float16", "mixed_bfloat16"),
-                     help="training precision (default auto: mixed_float16 on a GPU, mixed_bfloat16 "
-                          "on CPUs with AMX or AVX512-BF16, else float32); saved models are float32")
-    run.add_argument("--force-gpu-paths", action="store_true",
-                     help="train with every GPU-only path at once, also on a CPU: mixed_float16 "
-                          "with loss scaling, XLA, augmentation inside the model, "
-                          "MirroredStrategy (over 2 logical devices on a CPU); a check that they "
-                          "work together (with --quick: minutes)")
-    run.add_argument("--retrain", action="store_true", help="train again even if a model exists")
-    run.add_argument("--seed", type=int, default=0)
-    run.add_argument("--notebooks", nargs="*", default=list(NOTEBOOKS),
-                     help="which notebooks to run (default: all four, in order)")
+    run_parser = commands.add_parser(
+        "run", help="execute the four notebooks in order",
+        description="Execute the notebooks in order with papermill. A CIFAR-100 run writes "
+                    "under runs/cifar100/ and starts from copies of the committed models; "
+                    "the repository's files are written only with --record.")
+    add_run_options(run_parser)
     add_predict_parser(commands)
     return parser.parse_args(argv)
+
+
+def add_run_options(run_parser):
+    option = run_parser.add_argument
+    option("--quick", action="store_true",
+           help="tiny synthetic data and 1 epoch per model: a smoke test of the whole pipeline "
+                "(written under runs/quick/)")
+    option("--data", choices=("cifar100", "synthetic"), default="cifar100",
+           help="data source (default: cifar100; synthetic: full-size made-up data, written "
+                "under runs/synthetic/)")
+    option("--out", default=None,
+           help="folder for models/, arrays/, figures/ and executed/ (default: runs/cifar100, "
+                "runs/quick or runs/synthetic; a CIFAR-100 run starts from copies of the "
+                "committed models)")
+    option("--record", action="store_true",
+           help="maintainers: write the committed record in the repository itself (models/, "
+                "arrays/, figures/, executed/); CIFAR-100 only")
+    option("--archive", default=None,
+           help="local cifar-100-python.tar.gz (default: $CIFAR100_ARCHIVE, else download)")
+    option("--no-verify", action="store_true",
+           help="skip the sha256 check of a local archive ($CIFAR100_VERIFY=0 does the same)")
+    option("--vgg16-weights", default="imagenet",
+           help="'imagenet' (download), a local .h5 file ($VGG16_WEIGHTS), or 'none' (random)")
+    option("--vgg16-finetune", action="store_true",
+           help="after the head, unfreeze VGG16 block 5 and train at a low rate (GPU advised)")
+    option("--vgg16-input-size", type=int, default=None,
+           help="upscale images to this size for VGG16 (32-224; default: the recipe's 32, "
+                "as the original)")
+    option("--third-preset", choices=("tuned", "original"), default="tuned",
+           help="the recipe saved as the third model: tuned (ours, default) or original "
+                "(the original project's)")
+    option("--third-epochs", type=int, default=None,
+           help="epochs of the third model (default: its preset's, 16 for tuned); takes "
+                "effect when the model is trained (--retrain, or no saved model)")
+    option("--precision", default="auto",
+           choices=("auto", "float32", "mixed_float16", "mixed_bfloat16"),
+           help="training precision (default auto: mixed_float16 on a GPU, mixed_bfloat16 "
+                "on CPUs with AMX or AVX512-BF16, else float32); saved models are float32")
+    option("--force-gpu-paths", action="store_true",
+           help="train with every GPU-only path at once, also on a CPU: mixed_float16 "
+                "with loss scaling, XLA, augmentation inside the model, "
+                "MirroredStrategy (over 2 logical devices on a CPU); a check that they "
+                "work together (with --quick: minutes)")
+    option("--retrain", action="store_true",
+           help="train every model again even if it exists in the output folder")
+    option("--seed", type=int, default=0,
+           help="random seed of data order, augmentation and initial weights (default: 0)")
+    option("--notebooks", nargs="+", type=notebook_name, default=list(NOTEBOOKS),
+           metavar="NAME", help=f"which notebooks to run, in order (default: all four: "
+                                f"{' '.join(NOTEBOOKS)}; the .ipynb may be left out)")
 
 
 def add_predict_parser(commands):
@@ -79,20 +105,14 @@ def add_predict_parser(commands):
 
 
 def output_folder(args):
-    """Where a run writes: ``--out``, else the repo for CIFAR-100, else a folder of its own."""
-    if args.out:
-        return os.path.abspath(args.out)
-    if args.quick:
-        return os.path.join(REPO_ROOT, "runs", "quick")
-    if args.data == "synthetic":
-        return os.path.join(REPO_ROOT, "runs", "synthetic")
-    return REPO_ROOT
+    """Where a run writes (``runner.output_folder``)."""
+    return runner.output_folder(args.data, args.quick, args.out, args.record)
 
 
 def notebook_parameters(args, environ=None):
     """The papermill parameters of a run: the options, completed by the environment variables
     (``environment.archive_settings``, ``environment.vgg16_weights``); each notebook is given
-    those it declares.
+    those it declares (``runner.notebook_arguments``).
 
     Args:
         args: the parsed ``run`` options.
@@ -119,108 +139,29 @@ def notebook_parameters(args, environ=None):
     }
 
 
-def failed_folder(output_dir):
-    """Where papermill writes a notebook while it runs, and where the copy stays when the run
-    fails or is interrupted: never ``executed/``, whose copies are the record of the last
-    successful run (committed for the CIFAR-100 run). ``runs/failed`` for the repository
-    (git ignores ``runs/``), ``<output_dir>/failed`` for any other output folder."""
-    output_dir = os.path.abspath(output_dir)
-    if output_dir == os.path.abspath(REPO_ROOT):
-        return os.path.join(output_dir, "runs", "failed")
-    return os.path.join(output_dir, "failed")
+def shown(path):
+    """``path`` as the user would type it: relative to the current folder when inside it."""
+    relative = os.path.relpath(path)
+    return path if relative.startswith("..") else relative
 
 
-def run_notebooks(args):
-    import papermill
-
-    from .artifacts import replace_with_copy
-
+def run(args):
+    """The ``run`` command: start from the committed models (a CIFAR-100 run), then execute the
+    notebooks (``runner.run_notebooks``)."""
     parameters = notebook_parameters(args)
-    os.environ.update(kernel_environment())  # for the kernels papermill starts
-    executed_dir = os.path.join(parameters["output_dir"], "executed")
-    unfinished_dir = failed_folder(parameters["output_dir"])
-    os.makedirs(executed_dir, exist_ok=True)
-    os.makedirs(unfinished_dir, exist_ok=True)
-    timings = []
-    for name in args.notebooks:
-        source = os.path.join(REPO_ROOT, name)
-        if not os.path.exists(source):
-            print(f"Skipping {name}: not present in {REPO_ROOT}.")
-            continue
-        print(f"\n=== {name} ===", flush=True)
-        started = time.time()
-        running = os.path.join(unfinished_dir, name)
-        final = os.path.join(executed_dir, name)
-        kept = f"{final} was left as it was." if os.path.exists(final) else ""
-        try:
-            papermill.execute_notebook(source, running,
-                                       parameters=notebook_arguments(source, parameters),
-                                       cwd=parameters["output_dir"],
-                                       extra_arguments=KERNEL_ARGUMENTS,
-                                       kernel_name="python3", progress_bar=True)
-        except papermill.PapermillExecutionError as error:
-            print(f"\n{name} failed in cell {error.exec_count}: {error.ename}: {error.evalue}\n"
-                  f"The failed copy with the full traceback: {running}\n{kept}",
-                  file=sys.stderr)
-            return 1
-        except BaseException:  # interrupted (Ctrl-C), kernel died, papermill's own errors
-            print(f"\n{name} did not finish; its partial copy: {running}\n{kept}", file=sys.stderr)
-            raise
-        # Only a notebook that ran to the end replaces the previous executed copy, atomically.
-        replace_with_copy(running, final)
-        os.remove(running)
-        timings.append((name, time.time() - started))
-    for name, seconds in timings:
-        print(f"{name}: {seconds:.0f} s")
-    print(f"Artifacts in {parameters['output_dir']} (models/, arrays/, figures/, executed/).")
-    return 0
-
-
-# CLI runs only (an interactive user keeps every message): the executed copies should hold
-# the notebooks' own output. TensorFlow's C++ start-up log is written to file descriptor 2
-# before any log level applies; with the kernel's fd capture off it reaches the terminal
-# that runs the command instead of the notebook.
-KERNEL_ARGUMENTS = ["--IPKernelApp.capture_fd_output=False"]
-
-
-def kernel_environment(environ=None):
-    """Environment variables for the kernels of a CLI run.
-
-    Progress bars off (``TQDM_DISABLE``) and tqdm's "IProgress not found" warning filtered
-    (``PYTHONWARNINGS``): executed copies need neither. TensorFlow's C++ INFO lines off
-    (``TF_CPP_MIN_LOG_LEVEL=1``, unless set; warnings and errors stay). The package importable
-    from the output folder, where the kernels run (``PYTHONPATH``).
-
-    Args:
-        environ: the current environment (default ``os.environ``); it is not changed.
-    """
-    environ = os.environ if environ is None else environ
-    return {
-        "TQDM_DISABLE": "1",
-        "PYTHONWARNINGS": _joined(",", environ.get("PYTHONWARNINGS"), "ignore:IProgress not found"),
-        "TF_CPP_MIN_LOG_LEVEL": environ.get("TF_CPP_MIN_LOG_LEVEL", "1"),
-        "PYTHONPATH": _joined(os.pathsep, REPO_ROOT, environ.get("PYTHONPATH")),
-    }
-
-
-def _joined(separator, *parts):
-    return separator.join(part for part in parts if part)
-
-
-def notebook_arguments(source, parameters):
-    """What a run passes to the notebook ``source``: the ones of ``parameters`` that its
-    parameters cell declares, as its kernel sees them (``kernel_parameters``).
-    tests/test_parameters.py checks that each notebook uses all it declares."""
-    import papermill
-
-    declared = papermill.inspect_notebook(source)
-    return {key: value for key, value in kernel_parameters(parameters).items() if key in declared}
-
-
-def kernel_parameters(parameters):
-    """The parameters as the kernel sees them: it runs in the output folder, so
-    ``output_dir`` is "." and every path a notebook prints is relative to that folder."""
-    return {**parameters, "output_dir": "."}
+    output_dir = parameters["output_dir"]
+    where = shown(output_dir)
+    if args.data == "cifar100" and not args.quick:
+        copies = runner.seed_models(os.path.join(output_dir, "models"))
+        if copies and not args.retrain:
+            print(f"Reusing the committed models ({', '.join(copies)}), copied to "
+                  f"{os.path.join(where, 'models')}; --retrain trains them again there.")
+    print(f"Writing to {where}/ (executed/, figures/, models/, arrays/).", flush=True)
+    status = runner.run_notebooks(args.notebooks, parameters, output_dir)
+    if status == 0:
+        print(f"Executed notebooks in {os.path.join(where, 'executed')}/, figures in "
+              f"{os.path.join(where, 'figures')}/, results in {os.path.join(where, 'models')}/.")
+    return status
 
 
 def predict_images(args):
@@ -236,7 +177,11 @@ def predict_images(args):
 def main(argv=None):
     args = parse_args(argv)
     if args.command == "run":
-        return run_notebooks(args)
+        if args.record and (args.quick or args.data != "cifar100" or args.out):
+            print("--record writes the committed CIFAR-100 record in the repository: it takes "
+                  "neither --quick, --data synthetic nor --out.", file=sys.stderr)
+            return 2
+        return run(args)
     return predict_images(args)  # the only other command (argparse requires one)
 
 

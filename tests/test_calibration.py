@@ -1,4 +1,4 @@
-"""Issue 14, item 2: temperature scaling fitted on the validation split, ECE and reliability
+"""Temperature scaling fitted on the validation split, ECE and reliability
 diagrams before and after. Probabilities are made here with a known miscalibration."""
 
 import matplotlib

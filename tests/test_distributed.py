@@ -1,4 +1,4 @@
-"""Issue 11, part 4: more than one machine, proven with local processes on 127.0.0.1 —
+"""More than one machine, proven with local processes on 127.0.0.1 —
 MultiWorkerMirroredStrategy training from TF_CONFIG (the chief alone saves the model) and the
 third model's keras-tuner search with a chief oracle and two workers. Each multi-process
 test is bounded in time, stops by itself and kills whatever it started, even on failure."""

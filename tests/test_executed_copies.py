@@ -1,4 +1,4 @@
-"""Issue 14, item 7: executed copies of CLI runs hold the notebooks' own output — no
+"""Executed copies of CLI runs hold the notebooks' own output — no
 TensorFlow C++ start-up lines, no tqdm widget warning, no absolute paths of the machine —
 while real Python warnings stay, and interactive users keep every message."""
 
@@ -18,12 +18,12 @@ from cifar100cnn import artifacts
 
 def test_kernel_environment_quiets_only_the_cli_kernels():
     user = {"PYTHONWARNINGS": "error::ResourceWarning", "PYTHONPATH": "/elsewhere"}
-    environment = cli.kernel_environment(user)
+    environment = cli.kernel_environment(environ=user)
     assert environment["TQDM_DISABLE"] == "1"
     assert environment["PYTHONWARNINGS"] == "error::ResourceWarning,ignore:IProgress not found"
     assert environment["PYTHONPATH"] == os.pathsep.join([cli.REPO_ROOT, "/elsewhere"])
     assert environment["TF_CPP_MIN_LOG_LEVEL"] == "1"  # INFO off; warnings and errors stay
-    assert cli.kernel_environment({"TF_CPP_MIN_LOG_LEVEL": "0"})["TF_CPP_MIN_LOG_LEVEL"] == "0"
+    assert cli.kernel_environment(environ={"TF_CPP_MIN_LOG_LEVEL": "0"})["TF_CPP_MIN_LOG_LEVEL"] == "0"
     assert user == {"PYTHONWARNINGS": "error::ResourceWarning", "PYTHONPATH": "/elsewhere"}
     assert "--IPKernelApp.capture_fd_output=False" in cli.KERNEL_ARGUMENTS
 

@@ -1,4 +1,4 @@
-"""Issue 11, part 3: benchmarks/gpu_check.py — its projections and table (fast), and its
+"""benchmarks/gpu_check.py — its projections and table (fast), and its
 ``--dry`` form end to end on a CPU (tiny synthetic data)."""
 
 import json

@@ -1,4 +1,4 @@
-"""Issue 11, parts 1 and 2: automatic precision, and every GPU-only path forced on a CPU —
+"""Automatic precision, and every GPU-only path forced on a CPU —
 XLA (jit_compile), augmentation inside the model, mixed_float16 with loss scaling,
 MirroredStrategy — each ending in a float32 model that loads in safe mode; the fast path's
 fallback when it fails before its first step. Tiny models and data: seconds per test."""

@@ -33,12 +33,34 @@ def outputs_text(notebook_path):
                    for output in cell.get("outputs", []))
 
 
+TERMINAL = {}  # what the quick run printed
+
+
 @pytest.fixture(scope="module")
 def quick_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("quick")
     result = run_pipeline(out)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    TERMINAL.update(stdout=result.stdout, stderr=result.stderr)
     return out
+
+
+@pytest.mark.slow
+def test_quick_run_shows_progress_and_nothing_alarming(quick_run):
+    printed = TERMINAL["stdout"] + TERMINAL["stderr"]
+    for number, name in enumerate(NOTEBOOKS, 1):
+        assert f"[{number}/4] {name}" in printed, name
+    assert "step 1/" in printed and "Trained third in this run" in printed
+    for alarming in ("ERROR", "KeyboardInterrupt", "without encryption", "I0000", "E0000",
+                     "Traceback", "Warning"):
+        assert alarming not in printed, alarming
+    assert TERMINAL["stderr"] == ""
+    assert not (quick_run / "failed").exists()
+    for name in NOTEBOOKS:  # papermill's record: the notebook and its final place, relative
+        with open(quick_run / "executed" / name) as handle:
+            record = json.load(handle)["metadata"]["papermill"]
+        assert record["input_path"] == name and record["output_path"] == f"executed/{name}"
+        assert str(quick_run) not in json.dumps(record) and REPO not in json.dumps(record)
 
 
 def test_top_level_notebooks_have_no_outputs_and_a_parameters_cell():
@@ -137,7 +159,8 @@ def test_quick_and_synthetic_runs_never_write_over_the_cifar100_models(tmp_path)
     def output_dir(*argv):
         return notebook_parameters(parse_args(["run", *argv]))["output_dir"]
 
-    assert output_dir() == REPO_ROOT
+    assert output_dir() == os.path.join(REPO_ROOT, "runs", "cifar100")
+    assert output_dir("--record") == REPO_ROOT
     assert output_dir("--quick") == os.path.join(REPO_ROOT, "runs", "quick")
     assert output_dir("--data", "synthetic") == os.path.join(REPO_ROOT, "runs", "synthetic")
     assert output_dir("--quick", "--out", str(tmp_path)) == str(tmp_path)
@@ -174,6 +197,7 @@ def fake_repo(tmp_path, monkeypatch):
     """A repository holding Tiny.ipynb, whose output folder already holds an executed copy of
     it (the committed record of an earlier, successful run)."""
     from cifar100cnn import __main__ as cli
+    from cifar100cnn import runner
 
     repo, out = tmp_path / "repo", tmp_path / "out"
     repo.mkdir()
@@ -181,7 +205,8 @@ def fake_repo(tmp_path, monkeypatch):
     shipped = out / "executed" / "Tiny.ipynb"
     shipped.parent.mkdir(parents=True)
     shipped.write_bytes(b'{"record": "of the last successful run"}\n')
-    monkeypatch.setattr(cli, "REPO_ROOT", str(repo))
+    monkeypatch.setattr(runner, "REPO_ROOT", str(repo))
+    monkeypatch.setattr(runner, "NOTEBOOKS", ("Tiny.ipynb",))
     # A run may set variables for its kernels (kernel_environment): undo them afterwards.
     for key in ("TQDM_DISABLE", "PYTHONWARNINGS", "TF_CPP_MIN_LOG_LEVEL", "PYTHONPATH"):
         if key in os.environ:
@@ -200,8 +225,9 @@ def _fake_papermill(monkeypatch, outcome):
 
     def execute_notebook(source, output, **kwargs):
         outputs.append(output)
-        with open(output, "w") as handle:
-            handle.write('{"cells": "as far as the run got"}\n')
+        with open(output, "w") as handle:  # as far as the run got, with papermill's record
+            json.dump({"cells": [], "metadata": {"papermill": {"input_path": source,
+                                                               "output_path": output}}}, handle)
         if outcome is not None:
             raise outcome
 
@@ -223,7 +249,7 @@ def test_failed_notebook_leaves_the_executed_copy_untouched_and_says_where_it_we
     assert cli.main(["run", "--out", str(out), "--notebooks", "Tiny.ipynb"]) == 1
     assert shipped.read_bytes() == before
     failed = out / "failed" / "Tiny.ipynb"
-    assert outputs == [str(failed)] and failed.read_text() == '{"cells": "as far as the run got"}\n'
+    assert outputs == [str(failed)] and json.loads(failed.read_text())["cells"] == []
     message = capsys.readouterr().err
     assert "DatasetError: Could not download CIFAR-100" in message
     assert str(failed) in message and f"{shipped} was left as it was" in message
@@ -244,9 +270,13 @@ def test_successful_notebook_replaces_the_executed_copy(fake_repo, monkeypatch):
     cli, _, out, shipped = fake_repo
     outputs = _fake_papermill(monkeypatch, None)
     assert cli.main(["run", "--out", str(out), "--notebooks", "Tiny.ipynb"]) == 0
-    assert shipped.read_text() == '{"cells": "as far as the run got"}\n'
+    kept = json.loads(shipped.read_text())
+    # papermill's record names the notebook and its final place, relative to the output folder
+    assert kept["metadata"]["papermill"]["output_path"] == "executed/Tiny.ipynb"
+    assert kept["metadata"]["papermill"]["input_path"] == "Tiny.ipynb"
     assert os.listdir(shipped.parent) == ["Tiny.ipynb"]
     assert not os.path.exists(outputs[0])  # moved, not copied
+    assert not (out / "failed").exists()  # no empty folder left behind
 
 
 def test_failed_copies_of_the_repository_run_go_where_git_ignores_them():

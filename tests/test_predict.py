@@ -1,4 +1,4 @@
-"""Issue 14, item 4: ``python -m cifar100cnn predict IMAGE...`` on PNG and JPEG files made
+"""``python -m cifar100cnn predict IMAGE...`` on PNG and JPEG files made
 here, with a tiny model saved here; one-line errors for missing, non-image and broken files."""
 
 import os

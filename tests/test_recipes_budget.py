@@ -1,4 +1,4 @@
-"""benchmarks/recipes.py budget: one recipe for N epochs on an archive in CIFAR-100's format,
+"""benchmarks/third_recipes.py budget: one recipe for N epochs on an archive in CIFAR-100's format,
 tested once, recorded as a point of the accuracy-versus-time curve (a tiny fake archive here)."""
 
 import json
@@ -11,7 +11,7 @@ import fake_cifar
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(os.path.dirname(HERE), "benchmarks"))
-import recipes  # noqa: E402
+import third_recipes  # noqa: E402
 
 from cifar100cnn import artifacts  # noqa: E402
 
@@ -23,9 +23,9 @@ def test_budget_trains_tests_and_records_one_curve_point(tmp_path, monkeypatch):
     out.mkdir()
     earlier = {"recipe": "third_resnet9", "epochs": 30, "test_top1": 0.6438, "trained_on": "x"}
     (out / "runs.json").write_text(json.dumps({"runs": [earlier]}))
-    monkeypatch.setattr(recipes, "OUT_DIR", str(out))
+    monkeypatch.setattr(third_recipes, "OUT_DIR", str(out))
 
-    run = recipes.main(["budget", "--epochs", "1", "--archive", str(archive), "--no-verify",
+    run = third_recipes.main(["budget", "--epochs", "1", "--archive", str(archive), "--no-verify",
                         "--precision", "float32", "--work", str(tmp_path / "work"), "--record"])
 
     model = artifacts.load_model(str(tmp_path / "work" / "cifar100_third_cnn.keras"))

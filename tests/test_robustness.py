@@ -1,4 +1,4 @@
-"""Issue 14, item 1: corruptions in the manner of CIFAR-100-C, their bookkeeping, the
+"""Corruptions in the manner of CIFAR-100-C, their bookkeeping, the
 CIFAR-100-C reader and the figures. Images are made here; no dataset is needed."""
 
 import matplotlib

@@ -1,4 +1,4 @@
-"""Issue 14, item 5: every training writes TensorBoard logs per model, beside models/ in a
+"""Every training writes TensorBoard logs per model, beside models/ in a
 logs/ folder that git ignores."""
 
 import glob

@@ -7,7 +7,7 @@ import keras
 import numpy as np
 import pytest
 
-from cifar100cnn import data, recipes, training
+from cifar100cnn import data, inputs, recipes, training
 
 # Validation accuracies the epochs report (fit's own evaluation replaced): the best is epoch 1,
 # before the interruption; the resumed epochs 2 and 3 are worse.
@@ -42,8 +42,8 @@ def _fit(small_model, dataset, work_dir, run, epochs_seen):
         return {"loss": 1.0, "accuracy": VAL_ACCURACY[epoch]}
 
     model.evaluate = evaluate
-    train = data.make_pipeline(dataset.x_train, dataset.y_train, 60, shuffle=True)
-    val = data.make_pipeline(dataset.x_val, dataset.y_val, 60)
+    train = inputs.make_batches(dataset.x_train, dataset.y_train, 60, shuffle=True)
+    val = inputs.make_batches(dataset.x_val, dataset.y_val, 60)
     history = training.fit(model, train, val, recipes.recipe("baseline", epochs=4), work_dir,
                            verbose=0, jit_compile=False, callbacks=[run])
     return model, history

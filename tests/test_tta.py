@@ -1,4 +1,4 @@
-"""Issue 14, item 3: test-time augmentation (horizontal flip, optional shifts) as an
+"""Test-time augmentation (horizontal flip, optional shifts) as an
 evaluation option; results.csv keeps the single-view columns and adds tta_* columns."""
 
 import csv

@@ -2,16 +2,20 @@
 recipe and the tuned one, in float32 and mixed_bfloat16, measured in one run on this machine;
 and the accuracy-versus-time curve built from those timings and the recorded training runs.
 
-    python benchmarks/recipes.py speed [--steps 6] [--rounds 2]   # about 6 minutes on 2 CPU cores
-    python benchmarks/recipes.py curve                            # figure + table, no training
-    python benchmarks/recipes.py precision --archive A [--no-verify]  # same short run, both precisions
-    python benchmarks/recipes.py budget --epochs N --archive A [--no-verify] [--record]
+    python benchmarks/third_recipes.py speed [--steps 6] [--rounds 2]   # 5-15 minutes on 2 CPU cores
+    python benchmarks/third_recipes.py curve                            # figure + table, no training
+    python benchmarks/third_recipes.py precision --archive A [--no-verify]  # same short run, both precisions
+    python benchmarks/third_recipes.py budget --epochs N --archive A [--no-verify] [--record]
 
-``speed`` trains each recipe for a few steps through the package's own input pipeline
-(augmentation in the parallel tf.data map, as on a CPU) on synthetic CIFAR-shaped data, with
-one warm-up fit before the timed one; the recipes take turns (A B A B) so that a shared CPU
-loads them alike. One epoch = 40,000 training images + a pass over 10,000 validation images.
-Results: docs/recipes/speed.json. ``curve`` reads it together with docs/recipes/runs.json
+``speed`` times each recipe's training steps in float32 and mixed_bfloat16 on synthetic
+CIFAR-shaped data: ``train_on_batch`` on fixed batches augmented beforehand, after one warm-up
+step, each measurement in a cleared Keras session with its precision checked on the built
+model (an earlier version timed ``fit`` through the augmenting input pipeline in one session:
+the pipeline's parallel map calls share the same cores, which made the recipes' times depend
+on how the pipeline and the steps interleaved; the pipeline is now timed apart). The recipes
+and precisions take turns, in reverse order every other round, so that a shared CPU loads them
+alike. One epoch = the steps over 40,000 training images + predictions on 10,000 validation
+images. Results: docs/recipes/speed.json. ``curve`` reads it together with docs/recipes/runs.json
 (test accuracies of real CIFAR-100 runs, each with where it ran) and writes
 docs/recipes/accuracy_vs_time.png and docs/recipes/curve.md. ``precision`` trains the tuned
 recipe briefly on real CIFAR-100 (a subset of the training split, the full validation split)
@@ -60,65 +64,119 @@ def build(recipe_name, x_train):
 
 
 def time_recipe(recipe_name, precision, x, y, steps):
-    """Seconds per training step and per validation image for one recipe and precision."""
-    import keras
+    """Seconds per training step and per validation image of one recipe in one precision.
 
-    from cifar100cnn import augment, recipes, tf_pipeline
+    Training steps only, as a training run's steps: ``train_on_batch`` on fixed batches
+    augmented once beforehand (the input pipeline is timed apart: ``time_pipeline``), without
+    XLA (as ``training.use_jit`` decides on a CPU). Each measurement starts from a cleared
+    session, and the precision is set after clearing it: ``keras.backend.clear_session()``
+    resets Keras' global dtype policy to float32, so a policy set before it would silently
+    be lost. The model's compute dtype is checked, not assumed.
+    """
+    import keras
+    import numpy as np
+
+    from cifar100cnn import augment, hardware, recipes
     from cifar100cnn.optimization import compile_model
 
-    keras.mixed_precision.set_global_policy(precision)
+    keras.backend.clear_session()
+    with hardware.precision_policy(precision):
+        recipe = recipes.RECIPES[recipe_name]
+        model = build(recipe_name, x)
+        compile_model(model, recipe, -(-N_TRAIN // recipe.batch_size), jit_compile=False)
+        dtypes = {layer.compute_dtype for layer in model.layers if isinstance(layer, keras.layers.Conv2D)
+                  and layer.trainable}
+        expected = "bfloat16" if precision == "mixed_bfloat16" else "float32"
+        if dtypes != {expected}:
+            raise RuntimeError(f"{recipe_name} built for {precision} computes in {sorted(dtypes)}")
+        augmentation = augment.build_augmentation(recipe.augmentation, seed=0)
+        batches = [(np.asarray(augmentation(x[i:i + recipe.batch_size].astype("float32"), training=True)),
+                    y[i:i + recipe.batch_size])
+                   for i in range(0, (steps + 1) * recipe.batch_size, recipe.batch_size)]
+        model.train_on_batch(*batches[0])  # warm-up: tracing, oneDNN set-up
+        start = time.perf_counter()
+        for images, labels in batches[1:steps + 1]:
+            model.train_on_batch(images, labels)
+        step = (time.perf_counter() - start) / steps
+        val = x[:1000].astype("float32")
+        model.predict_on_batch(val[:500])
+        start = time.perf_counter()
+        for i in range(0, len(val), 500):
+            model.predict_on_batch(val[i:i + 500])
+        per_val_image = (time.perf_counter() - start) / len(val)
+    steps_per_epoch = -(-N_TRAIN // recipe.batch_size)
+    return dict(step_seconds=step, val_image_seconds=per_val_image,
+                steps_seconds=steps_per_epoch * step, val_seconds=N_VAL * per_val_image,
+                epoch_seconds=steps_per_epoch * step + N_VAL * per_val_image,
+                compute_dtype=expected)
+
+
+def time_pipeline(recipe_name, x, y, batches):
+    """Seconds per epoch the input pipeline alone takes (augmentation in parallel tf.data map
+    calls, as in training on a CPU): on the same cores, a training run pays part of it."""
+    from cifar100cnn import augment, recipes, tf_pipeline
+
     recipe = recipes.RECIPES[recipe_name]
-    model = build(recipe_name, x)
-    augmentation = augment.build_augmentation(recipe.augmentation, seed=0)
-    train = tf_pipeline.make_pipeline(x, y, recipe.batch_size, shuffle=True, augment=augmentation)
-    compile_model(model, recipe, steps)
-    model.fit(train, steps_per_epoch=2, epochs=1, verbose=0)  # warm-up: tracing, oneDNN set-up
+    pipeline = tf_pipeline.make_pipeline(x, y, recipe.batch_size, shuffle=True,
+                                  augment=augment.build_augmentation(recipe.augmentation, seed=0))
+    iterator = iter(pipeline.repeat())
+    next(iterator)
     start = time.perf_counter()
-    model.fit(train, steps_per_epoch=steps, epochs=1, verbose=0)
-    step = (time.perf_counter() - start) / steps
-    val = tf_pipeline.make_pipeline(x[:2000], y[:2000], 500)
-    model.evaluate(val, verbose=0)
-    start = time.perf_counter()
-    model.evaluate(val, verbose=0)
-    per_val_image = (time.perf_counter() - start) / 2000
-    epoch = -(-N_TRAIN // recipe.batch_size) * step + N_VAL * per_val_image
-    return dict(step_seconds=step, val_image_seconds=per_val_image, epoch_seconds=epoch)
+    for _ in range(batches):
+        next(iterator)
+    return (time.perf_counter() - start) / batches * -(-N_TRAIN // recipe.batch_size)
+
+
+def threads():
+    import tensorflow as tf
+
+    return dict(intra_op=tf.config.threading.get_intra_op_parallelism_threads() or "default",
+                inter_op=tf.config.threading.get_inter_op_parallelism_threads() or "default")
 
 
 def speed(args):
-    from cifar100cnn import data
+    from cifar100cnn import data, recipes
 
-    synthetic = data.make_synthetic(4096, 16, seed=0)[0]
-    x, y = synthetic
+    x, y = data.make_synthetic(4096, 16, seed=0)[0]
     samples = {(r, p): [] for r in RECIPE_NAMES for p in PRECISIONS}
-    for _ in range(args.rounds):
-        for precision in PRECISIONS:
-            for recipe_name in RECIPE_NAMES:
-                result = time_recipe(recipe_name, precision, x, y, args.steps)
-                samples[(recipe_name, precision)].append(result)
-                print(recipe_name, precision, {k: round(v, 4) for k, v in result.items()}, flush=True)
-    from cifar100cnn import recipes
-
+    for round_ in range(args.rounds):
+        # Take turns, in a different order each round, so that a shared CPU loads all alike.
+        order = [(r, p) for p in PRECISIONS for r in RECIPE_NAMES]
+        for recipe_name, precision in (order if round_ % 2 == 0 else order[::-1]):
+            result = time_recipe(recipe_name, precision, x, y, args.steps)
+            samples[(recipe_name, precision)].append(result)
+            print(recipe_name, precision, {k: round(v, 4) if isinstance(v, float) else v
+                                           for k, v in result.items()}, flush=True)
+    pipeline = {name: time_pipeline(name, x, y, args.steps) for name in RECIPE_NAMES}
+    print("input pipeline alone, s / epoch:", {k: round(v) for k, v in pipeline.items()}, flush=True)
     rows = []
     for (recipe_name, precision), results in samples.items():
         epoch = statistics.median(r["epoch_seconds"] for r in results)
         epochs = recipes.RECIPES[recipe_name].epochs
         rows.append(dict(recipe=recipe_name, precision=precision, epoch_seconds=epoch,
+                         steps_seconds=statistics.median(r["steps_seconds"] for r in results),
                          epochs=epochs, training_minutes=epoch * epochs / 60,
+                         pipeline_seconds=pipeline[recipe_name],
                          samples=[r["epoch_seconds"] for r in results]))
     report = dict(cpu=cpu_name(), cores=os.cpu_count(), steps=args.steps, rounds=args.rounds,
-                  date=time.strftime("%Y-%m-%d"), command="python benchmarks/recipes.py speed",
+                  threads=threads(), xla=False,
+                  command=f"python benchmarks/third_recipes.py speed --steps {args.steps} "
+                          f"--rounds {args.rounds}",
+                  what="training steps on 40,000 images (train_on_batch on fixed, pre-augmented "
+                       "batches) + predictions on 10,000 validation images; the input pipeline "
+                       "timed apart",
                   data="synthetic CIFAR-shaped images (speed does not depend on content)",
                   rows=rows)
-    os.makedirs(OUT_DIR, exist_ok=True)
-    with open(os.path.join(OUT_DIR, "speed.json"), "w") as f:
+    path = args.output or os.path.join(OUT_DIR, "speed.json")
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w") as f:
         json.dump(report, f, indent=1)
     print(speed_table(report))
 
 
 def speed_table(report):
-    lines = [f"Training time per epoch (40,000 + 10,000 validation images), {report['cpu']}, "
-             f"{report['cores']} cores, {report['date']}, `{report['command']}`:", "",
+    lines = [f"Training time per epoch ({report['what']}), {report['cpu']}, {report['cores']} "
+             f"cores, {report['data']}; `{report['command']}`:", "",
              "| recipe | precision | s / epoch | epochs | whole training |",
              "|---|---|---:|---:|---:|"]
     for row in report["rows"]:
@@ -133,7 +191,7 @@ def curve(args):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    with open(os.path.join(OUT_DIR, "speed.json")) as f:
+    with open(args.speed or os.path.join(OUT_DIR, "speed.json")) as f:
         report = json.load(f)
     with open(os.path.join(OUT_DIR, "runs.json")) as f:
         runs = json.load(f)["runs"]
@@ -144,8 +202,8 @@ def curve(args):
               "third_tuned": ("tab:blue", "tuned recipe (whitened CNN, 128-256-512)")}
     lines = [f"Test top-1 on CIFAR-100 (a copy checked against the official release) against "
              f"training minutes on {report['cpu']} ({report['cores']} cores, {precision}); "
-             f"minutes = epochs x the measured seconds per epoch (`python benchmarks/recipes.py "
-             f"speed`):", "", "| recipe | epochs | minutes | test top-1 | where the run was trained |",
+             f"minutes = epochs x the seconds per epoch above:", "",
+             "| recipe | epochs | minutes | test top-1 | where the run was trained |",
              "|---|---:|---:|---:|---|"]
     for recipe_name, (color, label) in styles.items():
         points = sorted((r for r in runs if r["recipe"] == recipe_name), key=lambda r: r["epochs"])
@@ -165,7 +223,8 @@ def curve(args):
                label=f"the earlier recipe's shipped model ({today['test_top1']:.3f})")
     ax.axvline(30 * epoch_seconds[("third_resnet9", precision)] / 60 / 3, color="tab:gray", ls="--", lw=1,
                label="1/3 of the earlier recipe's time")
-    ax.set_xlabel(f"training minutes on {report['cores']} CPU cores ({precision}, projected from measured s/epoch)")
+    ax.set_xlabel(f"minutes of training steps: epochs x measured s/epoch\n({report['cores']} cores "
+                  f"of an {report['cpu']}, {precision})", fontsize=9)
     ax.set_ylabel("test top-1 (CIFAR-100)")
     ax.set_title("Third model: accuracy versus training time")
     ax.grid(alpha=0.3)
@@ -201,7 +260,7 @@ def precision_check(args):
     report = dict(cpu=cpu_name(), cores=os.cpu_count(), date=time.strftime("%Y-%m-%d"),
                   data="CIFAR-100 (a copy checked against the official release)",
                   train_images=args.train, val_images=len(dataset.x_val), epochs=args.epochs,
-                  command=f"python benchmarks/recipes.py precision --epochs {args.epochs} "
+                  command=f"python benchmarks/third_recipes.py precision --epochs {args.epochs} "
                           f"--train {args.train}", results=results)
     os.makedirs(OUT_DIR, exist_ok=True)
     with open(os.path.join(OUT_DIR, "precision.json"), "w") as f:
@@ -229,7 +288,7 @@ def budget(args):
     run = dict(recipe=args.recipe, epochs=args.epochs, test_top1=round(test_top1, 4),
                val_top1=round(float(history["val_accuracy"][-1]), 4),
                trained_on=f"{machine}, TensorFlow {tf.__version__}, {precision}: "
-                          f"python benchmarks/recipes.py budget --epochs {args.epochs}"
+                          f"python benchmarks/third_recipes.py budget --epochs {args.epochs}"
                           f" --recipe {args.recipe}, not shipped",
                minutes_of_this_run=round(wall / 60, 1))
     print(json.dumps(run), flush=True)
@@ -249,8 +308,13 @@ def main(argv=None):
     s = commands.add_parser("speed", help="time both recipes in both precisions")
     s.add_argument("--steps", type=int, default=6, help="timed training steps per measurement")
     s.add_argument("--rounds", type=int, default=2, help="measurements per recipe and precision")
+    s.add_argument("--output", default=None,
+                   help="where to write the JSON report (default: docs/recipes/speed.json)")
     c = commands.add_parser("curve", help="accuracy-versus-time figure and table")
-    c.add_argument("--precision", default="mixed_bfloat16", choices=PRECISIONS)
+    c.add_argument("--precision", default="mixed_bfloat16", choices=PRECISIONS,
+                   help="whose seconds per epoch set the x axis (default: mixed_bfloat16)")
+    c.add_argument("--speed", default=None,
+                   help="the seconds per epoch to use (default: docs/recipes/speed.json)")
     p = commands.add_parser("precision", help="the same short real-data run in both precisions")
     p.add_argument("--archive", default=os.path.join(REPO_ROOT, "..", "shared", "data",
                                                     "cifar-100-python.tar.gz"))
