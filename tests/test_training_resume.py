@@ -7,7 +7,7 @@ import keras
 import numpy as np
 import pytest
 
-from cifar100cnn import data, inputs, recipes, training
+from cifar100cnn import inputs, recipes, training
 
 # Validation accuracies the epochs report (fit's own evaluation replaced): the best is epoch 1,
 # before the interruption; the resumed epochs 2 and 3 are worse.
