@@ -14,7 +14,7 @@ import argparse
 import io
 import json
 import os
-import pickle
+import pickle  # writes the rebuilt archive; reading goes through the package's loader
 import tarfile
 
 import numpy as np
@@ -23,14 +23,11 @@ TILE = 1000  # images per mosaic: 25 rows x 40 columns of 32x32 images
 ROWS, COLUMNS = 25, 40
 
 
-def read_members(archive):
-    """The archive's train, test and meta pickles as dicts with str keys."""
-    out = {}
-    with tarfile.open(archive, "r:gz") as tar:
-        for name in ("train", "test", "meta"):
-            raw = pickle.load(tar.extractfile(f"cifar-100-python/{name}"), encoding="bytes")
-            out[name] = {key.decode(): value for key, value in raw.items()}
-    return out
+def read_archive(archive):
+    """The archive's images and labels, read by the package's own (restricted) loader."""
+    from cifar100cnn import data
+
+    return data.read_archive(archive, verify=False)
 
 
 def to_mosaic(images):
@@ -46,22 +43,21 @@ def from_mosaic(picture):
 def pack(archive, folder, parts):
     from PIL import Image
 
-    members = read_members(archive)
-    images = np.concatenate([members[s]["data"].reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
-                             for s in ("train", "test")])
+    from cifar100cnn import data
+
+    arrays = read_archive(archive)
+    images = np.concatenate([arrays["x_train"], arrays["x_test"]])
     tiles = len(images) // TILE
     for tile in range(tiles):
         part = os.path.join(folder, f"part{tile * parts // tiles + 1}")
         os.makedirs(part, exist_ok=True)
         Image.fromarray(to_mosaic(images[tile * TILE:(tile + 1) * TILE])).save(
             os.path.join(part, f"{tile * TILE:05d}.webp"), lossless=True, quality=100, method=4)
-    labels = {f"{s}_{k}": np.asarray(members[s][f"{k}_labels"], np.int64)
-              for s in ("train", "test") for k in ("fine", "coarse")}
+    labels = {f"{s}_{k}": arrays[f"{s}_{k}_labels"] for s in ("train", "test") for k in ("fine", "coarse")}
     np.savez(os.path.join(folder, "part1", "labels.npz"), **labels)
-    meta = {key: [v.decode() for v in members["meta"][key]]
-            for key in ("fine_label_names", "coarse_label_names")}
+    fine_names, coarse_names, _ = data.label_names("cifar100")
     with open(os.path.join(folder, "part1", "meta.json"), "w") as handle:
-        json.dump(meta, handle)
+        json.dump({"fine_label_names": fine_names, "coarse_label_names": coarse_names}, handle)
 
 
 def read_parts(parts):
@@ -105,11 +101,9 @@ def _add(tar, name, payload):
 
 
 def same_content(first, second):
-    """Whether two archives hold the same images, labels and class names."""
-    a, b = read_members(first), read_members(second)
-    return all(np.array_equal(np.asarray(a[s][k]), np.asarray(b[s][k]))
-               for s in ("train", "test") for k in ("data", "fine_labels", "coarse_labels")) \
-        and all(a["meta"][k] == b["meta"][k] for k in ("fine_label_names", "coarse_label_names"))
+    """Whether two archives hold the same images and labels, in the same order."""
+    a, b = read_archive(first), read_archive(second)
+    return a.keys() == b.keys() and all(np.array_equal(a[key], b[key]) for key in a)
 
 
 def main(argv=None):
