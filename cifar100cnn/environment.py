@@ -181,6 +181,9 @@ def check_versions(backend=None):
 ARCHIVE_VARIABLE = "CIFAR100_ARCHIVE"  # a local cifar-100-python.tar.gz
 VERIFY_VARIABLE = "CIFAR100_VERIFY"  # "0": skip the archive's sha256 check
 WEIGHTS_VARIABLE = "VGG16_WEIGHTS"  # a local vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5
+# The weights parameter that means "the file in $VGG16_WEIGHTS", in every mode: how the CLI
+# passes a file given on its command line without writing its path into the notebook.
+WEIGHTS_FROM_VARIABLE = f"${WEIGHTS_VARIABLE}"
 
 
 def archive_settings(archive=None, verify=True, environ=None):
@@ -206,7 +209,8 @@ def vgg16_weights(weights="imagenet", quick=False, environ=None):
     """The VGG16 weights to use, from the parameter completed by the environment.
 
     Args:
-        weights: "imagenet" (default), a local ``.h5`` file, or None (random weights).
+        weights: "imagenet" (default), a local ``.h5`` file, None (random weights), or
+            ``WEIGHTS_FROM_VARIABLE`` (the file named by ``$VGG16_WEIGHTS``, even in quick mode).
         quick: a smoke test (default False): "imagenet" means random weights, neither a
             58 MB download nor ``$VGG16_WEIGHTS``.
         environ: the environment (default ``os.environ``).
@@ -215,6 +219,10 @@ def vgg16_weights(weights="imagenet", quick=False, environ=None):
         ``weights``, except "imagenet": None in quick mode, else ``$VGG16_WEIGHTS`` when set.
     """
     environ = os.environ if environ is None else environ
+    if weights == WEIGHTS_FROM_VARIABLE:
+        if not environ.get(WEIGHTS_VARIABLE):
+            raise ValueError(f"vgg16_weights={weights!r} but ${WEIGHTS_VARIABLE} is not set")
+        return environ[WEIGHTS_VARIABLE]
     if weights != "imagenet":
         return weights
     if quick:

@@ -162,7 +162,7 @@ def kernel_parameters(parameters):
     passed = {**parameters, "output_dir": "."}
     passed.pop("archive", None)
     if passed.get("vgg16_weights") not in ("imagenet", None):
-        passed["vgg16_weights"] = "imagenet"  # "imagenet" then reads $VGG16_WEIGHTS
+        passed["vgg16_weights"] = environment.WEIGHTS_FROM_VARIABLE  # the file, in every mode
     return passed
 
 

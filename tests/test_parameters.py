@@ -91,6 +91,10 @@ def test_vgg16_weights_complete_the_parameter_from_the_environment():
     assert environment.vgg16_weights("imagenet", True, variables) is None  # quick: random
     assert environment.vgg16_weights("/mine.h5", True, variables) == "/mine.h5"
     assert environment.vgg16_weights(None, False, variables) is None
+    from_variable = environment.WEIGHTS_FROM_VARIABLE  # the CLI's file, quick mode or not
+    assert environment.vgg16_weights(from_variable, True, variables) == "/w/vgg16.h5"
+    with pytest.raises(ValueError, match="VGG16_WEIGHTS is not set"):
+        environment.vgg16_weights(from_variable, False, {})
 
 
 def test_the_cli_reads_the_variables_into_the_notebook_parameters(tmp_path, monkeypatch):

@@ -10,7 +10,7 @@ import time
 import pytest
 
 from cifar100cnn import __main__ as cli
-from cifar100cnn import progress, runner, training_record
+from cifar100cnn import environment, progress, runner, training_record
 from cifar100cnn.artifacts import MODEL_FILES
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -121,10 +121,13 @@ def test_kernels_get_no_absolute_path_as_a_parameter(tmp_path):
     parameters = cli.notebook_parameters(args, {})
     passed = runner.kernel_parameters(parameters)
     assert str(tmp_path) not in json.dumps(passed)
-    assert passed["vgg16_weights"] == "imagenet"  # which then reads $VGG16_WEIGHTS
     variables = runner.kernel_environment(parameters, {})
     assert variables["CIFAR100_ARCHIVE"] == str(archive)
     assert variables["VGG16_WEIGHTS"] == str(weights)
+    # The notebook then reads the file from $VGG16_WEIGHTS, in quick mode too (where
+    # "imagenet" means random weights): a file given on the command line is never ignored.
+    for quick in (False, True):
+        assert environment.vgg16_weights(passed["vgg16_weights"], quick, variables) == str(weights)
 
 
 def test_the_kept_copy_holds_relative_paths_only(tmp_path):
