@@ -348,8 +348,11 @@ def activation_grid(feature_map, cols=16, fill=0.0):
 def plot_activations(model, image, title, path=None, max_channels=64, cols=16):
     """The channel grids of every conv and pooling layer of ``model`` for one image."""
     names = feature_layers(model)
+    import keras
+
     outputs = activation_model(model, names)(image[None], training=False)
     outputs = outputs if isinstance(outputs, (list, tuple)) else [outputs]
+    outputs = [keras.ops.convert_to_numpy(output) for output in outputs]
     fig, axes = plt.subplots(len(names) + 1, 1, figsize=(12, 1.0 + 2.2 * len(names)),
                              gridspec_kw={"height_ratios": [1.5] + [1] * len(names)})
     axes[0].imshow(image, interpolation="nearest")
@@ -385,23 +388,61 @@ def feature_extractor(model, layer_name):
     raise ValueError(f"no layer {layer_name!r} in {model.name}")
 
 
+def input_gradient(fn):
+    """``fn``, a scalar function of one float32 array built from Keras calls and ``keras.ops``,
+    as a function ``x -> (value, d value / d x)`` of NumPy arrays, on the running backend:
+    ``tf.GradientTape`` on TensorFlow, ``jax.value_and_grad`` (compiled once) on JAX, autograd
+    on PyTorch. The model's weights are constants here; only the input is differentiated."""
+    import keras
+
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        def tensorflow_gradient(x):
+            x = tf.convert_to_tensor(np.asarray(x, np.float32))
+            with tf.GradientTape() as tape:
+                tape.watch(x)
+                value = fn(x)
+            return float(value), tape.gradient(value, x).numpy()
+        return tensorflow_gradient
+    if backend == "jax":
+        import jax
+
+        compiled = jax.jit(jax.value_and_grad(fn))
+
+        def jax_gradient(x):
+            value, grad = compiled(jax.numpy.asarray(x, jax.numpy.float32))
+            return float(value), np.asarray(grad)
+        return jax_gradient
+    if backend == "torch":
+        def torch_gradient(x):
+            x = keras.ops.convert_to_tensor(np.asarray(x, np.float32)).detach().requires_grad_(True)
+            value = fn(x)
+            value.backward()
+            return float(value.detach().cpu()), x.grad.detach().cpu().numpy()
+        return torch_gradient
+    raise NotImplementedError(f"gradients need the TensorFlow, JAX or PyTorch backend, not {backend!r}: "
+                              "set KERAS_BACKEND to one of them")
+
+
 def filter_pattern(extractor, filter_index, steps=30, learning_rate=10.0, size=32, seed=0):
     """Gradient ascent on an input image (0-255 scale) to maximise one filter's mean activation.
 
     Returns a float32 (size, size, 3) image in [0, 1].
     """
-    import tensorflow as tf
+    import keras
 
-    rng = np.random.default_rng(seed)
-    image = tf.Variable(rng.uniform(112, 144, (1, size, size, 3)).astype(np.float32))
+    def mean_activation(image):
+        return keras.ops.mean(keras.ops.cast(extractor(image, training=False)[..., filter_index], "float32"))
+
+    gradient = input_gradient(mean_activation)
+    image = np.random.default_rng(seed).uniform(112, 144, (1, size, size, 3)).astype(np.float32)
     for _ in range(steps):
-        with tf.GradientTape() as tape:
-            activation = extractor(image, training=False)
-            loss = tf.reduce_mean(tf.cast(activation[..., filter_index], tf.float32))
-        grads = tape.gradient(loss, image)
-        grads = grads / (tf.sqrt(tf.reduce_mean(tf.square(grads))) + 1e-8)
-        image.assign(tf.clip_by_value(image + learning_rate * grads, 0.0, 255.0))
-    return deprocess(image.numpy()[0])
+        _, grads = gradient(image)
+        grads = grads / (np.sqrt(np.mean(np.square(grads))) + 1e-8)
+        image = np.clip(image + learning_rate * grads, 0.0, 255.0).astype(np.float32)
+    return deprocess(image[0])
 
 
 def deprocess(image):
@@ -449,7 +490,6 @@ def grad_cam(model, image, class_index=None, layer_name=None):
     and values in [0, 1] (all zeros when no location supports the class).
     """
     import keras
-    import tensorflow as tf
 
     layer_name = layer_name or last_feature_map_layer(model)
     features = feature_extractor(model, layer_name)
@@ -461,17 +501,13 @@ def grad_cam(model, image, class_index=None, layer_name=None):
             x = layer(x)
         start = start or layer.name == layer_name
     head = keras.Model(inner, x)
-    batch = tf.convert_to_tensor(np.asarray(image, dtype=np.float32)[None])
-    with tf.GradientTape() as tape:
-        fmap = tf.cast(features(batch, training=False), tf.float32)
-        tape.watch(fmap)
-        proba = head(fmap, training=False)
-        if class_index is None:
-            class_index = int(tf.argmax(proba[0]))
-        score = proba[:, class_index]
-    grads = tape.gradient(score, fmap)[0]
-    weights = tf.reduce_mean(grads, axis=(0, 1))
-    cam = tf.nn.relu(tf.reduce_sum(fmap[0] * weights, axis=-1)).numpy()
+    batch = np.asarray(image, dtype=np.float32)[None]
+    fmap = keras.ops.convert_to_numpy(features(batch, training=False)).astype(np.float32)
+    if class_index is None:
+        class_index = int(np.argmax(keras.ops.convert_to_numpy(head(fmap, training=False))[0]))
+    _, grads = input_gradient(lambda f: head(f, training=False)[0, class_index])(fmap)
+    weights = grads[0].mean(axis=(0, 1))
+    cam = np.maximum((fmap[0] * weights).sum(axis=-1), 0)
     peak = cam.max()
     return (cam / peak if peak > 0 else np.zeros_like(cam)).astype(np.float32), class_index
 
@@ -489,12 +525,14 @@ def _chain(model):
 
 def overlay_heatmap(image, heatmap, size=128, alpha=0.45):
     """The image upscaled to ``size`` pixels with the heatmap (jet colours) blended on top."""
-    import tensorflow as tf
+    import keras
 
-    big = tf.image.resize(np.asarray(image, np.float32)[None] / 255.0, (size, size), "bicubic")[0]
-    heat = tf.image.resize(np.asarray(heatmap, np.float32)[None, :, :, None], (size, size), "bilinear")
-    colours = plt.colormaps["jet"](np.clip(heat.numpy()[0, :, :, 0], 0, 1))[..., :3]
-    return np.clip((1 - alpha) * np.clip(big.numpy(), 0, 1) + alpha * colours, 0, 1).astype(np.float32)
+    resize = keras.ops.image.resize
+    big = resize(np.asarray(image, np.float32)[None] / 255.0, (size, size), interpolation="bicubic")
+    heat = resize(np.asarray(heatmap, np.float32)[None, :, :, None], (size, size), interpolation="bilinear")
+    big, heat = keras.ops.convert_to_numpy(big)[0], keras.ops.convert_to_numpy(heat)[0, :, :, 0]
+    colours = plt.colormaps["jet"](np.clip(heat, 0, 1))[..., :3]
+    return np.clip((1 - alpha) * np.clip(big, 0, 1) + alpha * colours, 0, 1).astype(np.float32)
 
 
 def plot_grad_cam(model, x, y_true, indices, names, title, path=None, layer_name=None):
