@@ -30,6 +30,11 @@ def colour_reader():
     return model
 
 
+def call(model, x, training=False):
+    """The model called directly, as NumPy (torch tensors that need grad included)."""
+    return keras.ops.convert_to_numpy(model(x, training=training))
+
+
 def coloured(labels):
     images = np.zeros((len(labels), 32, 32, 3), np.uint8)
     images[..., 0] = (2 * np.asarray(labels))[:, None, None]
@@ -49,14 +54,14 @@ def unchanged(model, weights):
 
 def test_the_model_really_differs_in_training_mode(setup):
     model, x, y, _ = setup
-    assert np.mean(np.asarray(model(x, training=False)).argmax(1) == y) == 1.0
-    assert np.mean(np.asarray(model(x, training=True)).argmax(1) == y) < 0.5
+    assert np.mean(call(model, x).argmax(1) == y) == 1.0
+    assert np.mean(call(model, x, training=True).argmax(1) == y) < 0.5
 
 
 def test_predict_in_batches(setup):
     model, x, y, weights = setup
     proba = inference.predict_in_batches(model, x, batch_size=32)
-    np.testing.assert_allclose(proba, np.asarray(model(x, training=False)), atol=1e-6)
+    np.testing.assert_allclose(proba, call(model, x), atol=1e-6)
     assert unchanged(model, weights)
 
 
@@ -65,15 +70,15 @@ def test_evaluate_all_and_tta(setup, tmp_path):
     probabilities, rows = evaluation.evaluate_all({"reader": model}, x, y, data.FINE_TO_COARSE,
                                                   str(tmp_path), batch_size=32, tta=True)
     assert rows[0]["top1"] == 1.0 and rows[0]["tta_top1"] == 1.0
-    np.testing.assert_allclose(probabilities["reader"], np.asarray(model(x, training=False)), atol=1e-6)
+    np.testing.assert_allclose(probabilities["reader"], call(model, x), atol=1e-6)
     tta = evaluation.predict_tta(model, x, batch_size=32, translate=2)
-    np.testing.assert_allclose(tta, np.asarray(model(x, training=False)), atol=1e-6)  # constant images
+    np.testing.assert_allclose(tta, call(model, x), atol=1e-6)  # constant images
     assert unchanged(model, weights)
 
 
 def test_calibration(setup):
     model, x, y, weights = setup
-    proba = np.asarray(model(x, training=False))
+    proba = call(model, x)
     result, = calibration.calibrate_models({"reader": model}, x, y, y, {"reader": proba}, batch_size=32)
     assert result.temperature == pytest.approx(calibration.fit_temperature(y, proba), rel=1e-6)
     assert unchanged(model, weights)
@@ -85,7 +90,7 @@ def test_calibrate_saved_model_fits_on_inference_outputs(setup, tmp_path):
     model, x, y, _ = setup
     path = str(tmp_path / "reader.keras")
     artifacts.save_model(model, path)
-    expected = calibration.fit_temperature(y, np.asarray(model(x, training=False)))
+    expected = calibration.fit_temperature(y, call(model, x))
     assert calibration.calibrate_saved_model(path, x, y) == pytest.approx(expected, rel=1e-6)
 
 
