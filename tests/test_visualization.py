@@ -63,7 +63,7 @@ def test_grad_cam_shape_and_range(request, images, fixture, layer):
     assert heatmap.shape == tuple(expected.output_shape[1:3])
     assert heatmap.dtype == np.float32 and np.isfinite(heatmap).all()
     assert heatmap.min() >= 0 and heatmap.max() <= 1
-    assert predicted == int(np.argmax(model(images[:1])))
+    assert predicted == int(np.argmax(keras.ops.convert_to_numpy(model(images[:1]))))
     overlay = visualization.overlay_heatmap(images[0], heatmap, size=64)
     assert overlay.shape == (64, 64, 3) and 0 <= overlay.min() and overlay.max() <= 1
 
@@ -168,7 +168,7 @@ def test_activation_figure_shows_the_image_and_each_layers_channels(tmp_path, ti
     assert layers_shown == ["conv_a", "pool_a", "conv_b"] and len(fig.axes) == 4
     outputs = visualization.activation_model(tiny_cnn, layers_shown)(images[:1])
     for ax, name, output in zip(fig.axes[1:], layers_shown, outputs):
-        fmap = np.asarray(output[0])
+        fmap = keras.ops.convert_to_numpy(output)[0]
         channels = fmap.shape[-1]
         assert ax.get_title() == f"{name}: {fmap.shape[0]}x{fmap.shape[1]}, {channels} of {channels} channels"
         np.testing.assert_allclose(shown_image(ax), visualization.activation_grid(fmap, fill=np.nan),
