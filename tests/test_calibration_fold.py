@@ -136,3 +136,18 @@ def test_the_calibrated_file_is_plain_keras_in_safe_mode_without_this_package(tm
                             capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
     np.testing.assert_allclose(np.array(eval(result.stdout.strip().splitlines()[-1])), expected, atol=1e-5)
+
+
+def test_the_command_folds_each_models_temperature(tmp_path, monkeypatch):
+    model, x_val, y_val = miscalibrated(1000, seed=1)
+    paths = [str(tmp_path / f"m{i}.keras") for i in range(2)]
+    for path in paths:
+        artifacts.save_model(model, path)
+    monkeypatch.setattr(calibration, "validation_split", lambda *args, **kwargs: (x_val, y_val))
+    assert calibration.main(paths) == 0
+    expected = calibration.scale(np.asarray(model.predict_on_batch(x_val[:8])),  # T found to 1e-4
+                                 calibration.fit_temperature(y_val, np.asarray(model.predict_on_batch(x_val))))
+    for path in paths:
+        np.testing.assert_allclose(artifacts.load_model(path).predict_on_batch(x_val[:8]), expected, atol=2e-3)
+    monkeypatch.setattr(calibration, "validation_split", lambda *args, **kwargs: None)
+    assert calibration.main(paths) == 1  # no dataset: nothing changed, a failing status
