@@ -188,3 +188,28 @@ def test_augmentation_place_follows_the_backend():
         assert augment.augment_in_model("auto") is True
         with pytest.raises(ValueError, match="augment_on='pipeline' needs TensorFlow"):
             augment.augment_in_model("pipeline")
+
+
+def test_an_interrupted_training_resumes_at_the_next_epoch(tmp_path, tiny_dataset, monkeypatch):
+    """BackupAndRestore, the epoch log and the best weights across a kill, on this backend."""
+    dataset, folder = tiny_dataset(240, 20), str(tmp_path / "models")
+    recipe = recipes.recipe("baseline", epochs=3)
+
+    class KilledInEpoch1(training.StepWatch):
+        def on_epoch_begin(self, epoch, logs=None):
+            if epoch == 1:
+                raise KeyboardInterrupt  # as Ctrl-C or a kill, after epoch 0 was backed up
+
+    monkeypatch.setattr(training, "StepWatch", KilledInEpoch1)
+    with pytest.raises(KeyboardInterrupt):
+        training.train_image_model("baseline", tiny_model, dataset, recipe, folder, verbose=0)
+    assert not os.path.exists(artifacts.model_path("baseline", folder))
+    monkeypatch.undo()
+    begun = []
+    monkeypatch.setattr(training.EpochLog, "on_epoch_begin",
+                        lambda self, epoch, logs=None: begun.append(epoch) or
+                        setattr(self, "_started", 0.0))
+    _, history = training.train_image_model("baseline", tiny_model, dataset, recipe, folder,
+                                            verbose=0)
+    assert begun == [1, 2]  # resumed after the epoch done before the kill
+    assert len(history["loss"]) == 3 and os.path.exists(artifacts.model_path("baseline", folder))
