@@ -121,28 +121,33 @@ def pipeline_command(args, out, archive):
     return command
 
 
-NOTEBOOK_TIME = re.compile(r"^(\w+\.ipynb): (\d+) s$")
+NOTEBOOK_START = re.compile(r"^=== (\w+\.ipynb) ===$")  # the CLI's line as a notebook starts
 
 
 def run_pipeline(command, env, log_path):
     """Run ``command``, its output teed to ``log_path``.
 
     Returns:
-        ``(exit status, wall seconds, {notebook: seconds})``, the notebooks' times as the
-        CLI prints them at the end.
+        ``(exit status, wall seconds, {notebook: seconds})``: each notebook's time from its
+        start line to the next one's (or the end), kernel start included; a notebook that
+        failed is timed too.
     """
     started = time.time()
-    times = {}
+    times, current, since = {}, None, started
     with open(log_path, "w") as log:
         process = subprocess.Popen(command, env=env, cwd=ROOT, stdout=subprocess.PIPE,
                                    stderr=subprocess.STDOUT, text=True, bufsize=1)
         for line in process.stdout:
             sys.stdout.write(line)
             log.write(line)
-            match = NOTEBOOK_TIME.match(line.strip())
+            match = NOTEBOOK_START.match(line.strip())
             if match:
-                times[match.group(1)] = int(match.group(2))
+                if current:
+                    times[current] = round(time.time() - since, 1)
+                current, since = match.group(1), time.time()
         status = process.wait()
+    if current:
+        times[current] = round(time.time() - since, 1)
     return status, time.time() - started, times
 
 

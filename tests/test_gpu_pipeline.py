@@ -62,6 +62,16 @@ def test_without_dry_the_vgg16_weights_point_nowhere_so_vgg16_is_skipped(tmp_pat
     assert not os.path.exists(weights) and "--retrain" in command and "--quick" not in command
 
 
+def test_each_notebook_is_timed_from_its_start_line_even_when_the_run_fails(tmp_path):
+    script = ("print('=== TrainingModels.ipynb ===', flush=True); print('training'); "
+              "print('=== ThirdModel.ipynb ===', flush=True); raise SystemExit(3)")
+    status, wall, times = gpu_pipeline.run_pipeline([sys.executable, "-c", script],
+                                                    dict(os.environ), str(tmp_path / "log"))
+    assert status == 3 and list(times) == ["TrainingModels.ipynb", "ThirdModel.ipynb"]
+    assert all(seconds >= 0 for seconds in times.values()) and wall >= 0
+    assert "training" in (tmp_path / "log").read_text()
+
+
 @pytest.mark.slow
 def test_dry_run_writes_the_report(tmp_path):
     """The whole pipeline in quick mode on the CPU, under this environment's backend."""
