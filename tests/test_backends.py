@@ -213,3 +213,34 @@ def test_an_interrupted_training_resumes_at_the_next_epoch(tmp_path, tiny_datase
                                             verbose=0)
     assert begun == [1, 2]  # resumed after the epoch done before the kill
     assert len(history["loss"]) == 3 and os.path.exists(artifacts.model_path("baseline", folder))
+
+
+_DATA_PARALLEL = """
+import json, os, sys
+os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
+import keras
+from cifar100cnn import artifacts, data, hardware, models, recipes, training
+strategy = keras.distribution.DataParallel(devices=keras.distribution.list_devices("cpu"))
+dataset = data.synthetic_dataset(400, 20, source="t")
+_, history = training.train_image_model("baseline", models.build_baseline, dataset,
+                                        recipes.recipe("baseline", epochs=2), sys.argv[1],
+                                        strategy=strategy, verbose=0)
+loaded = artifacts.load_model(artifacts.model_path("baseline", sys.argv[1]))
+print("RESULT", json.dumps({"replicas": hardware.replicas(strategy),
+                            "epochs": len(history["loss"]), "params": loaded.count_params()}))
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(importlib.util.find_spec("jax") is None, reason="needs JAX")
+def test_data_parallel_under_jax_trains_over_two_devices(tmp_path):
+    """keras.distribution.DataParallel, as several GPUs get it under JAX, over two CPU devices."""
+    env = dict(os.environ, KERAS_BACKEND="jax", JAX_PLATFORMS="cpu",
+               PYTHONPATH=os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")]))
+    done = subprocess.run([sys.executable, "-c", _DATA_PARALLEL, str(tmp_path)], env=env,
+                          capture_output=True, text=True, timeout=900, cwd=ROOT)
+    lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
+    assert lines, done.stdout[-2000:] + done.stderr[-2000:]
+    report = json.loads(lines[-1][len("RESULT "):])
+    assert report == {"replicas": 2, "epochs": 2,
+                      "params": models.build_baseline().count_params()}
