@@ -244,3 +244,15 @@ def test_data_parallel_under_jax_trains_over_two_devices(tmp_path):
     report = json.loads(lines[-1][len("RESULT "):])
     assert report == {"replicas": 2, "epochs": 2,
                       "params": models.build_baseline().count_params()}
+
+
+@pytest.mark.parametrize("kind", ["tuned", "original"])
+def test_augmentation_inside_the_model_trains_without_xla_too(kind):
+    """The fast path's first fallback (XLA off, augmentation kept in the model) must run."""
+    from cifar100cnn import augment, optimization
+
+    x = np.random.default_rng(0).integers(0, 256, (8, 32, 32, 3), dtype=np.uint8)
+    trainee = augment.model_to_train(tiny_model(), kind, 0, "model")
+    optimization.compile_model(trainee, recipes.recipe("third_original"), 1, jit_compile=False)
+    loss = trainee.train_on_batch(x, np.arange(8))
+    assert np.isfinite(np.asarray(loss, dtype=float)).all()
