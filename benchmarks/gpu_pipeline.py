@@ -121,36 +121,45 @@ def pipeline_command(args, out, archive):
     return command
 
 
-NOTEBOOK_TIME = re.compile(r"^(\w+\.ipynb): (\d+) s$")
+# The CLI's line as a notebook starts: "[2/4] ThirdModel.ipynb" (earlier "=== ... ===").
+NOTEBOOK_START = re.compile(r"^(?:\[\d+/\d+\] (\w+\.ipynb)|=== (\w+\.ipynb) ===)$")
 
 
 def run_pipeline(command, env, log_path):
     """Run ``command``, its output teed to ``log_path``.
 
     Returns:
-        ``(exit status, wall seconds, {notebook: seconds})``, the notebooks' times as the
-        CLI prints them at the end.
+        ``(exit status, wall seconds, {notebook: seconds})``: each notebook's time from its
+        start line to the next one's (or the end), kernel start included; a notebook that
+        failed is timed too.
     """
     started = time.time()
-    times = {}
+    times, current, since = {}, None, started
     with open(log_path, "w") as log:
         process = subprocess.Popen(command, env=env, cwd=ROOT, stdout=subprocess.PIPE,
                                    stderr=subprocess.STDOUT, text=True, bufsize=1)
         for line in process.stdout:
             sys.stdout.write(line)
             log.write(line)
-            match = NOTEBOOK_TIME.match(line.strip())
+            match = NOTEBOOK_START.match(line.strip())
             if match:
-                times[match.group(1)] = int(match.group(2))
+                if current:
+                    times[current] = round(time.time() - since, 1)
+                current, since = match.group(1) or match.group(2), time.time()
         status = process.wait()
+    if current:
+        times[current] = round(time.time() - since, 1)
     return status, time.time() - started, times
 
 
-def model_timings(models_dir):
-    """Per model: epochs, training seconds, the first epoch's (compilation included) and the
-    median of the others, from ``<name>.history.json``."""
+def model_timings(models_dir, since=0.0):
+    """Per model trained since ``since`` (a time stamp; a CIFAR-100 run starts from copies of
+    the committed models, which are older): epochs, training seconds, the first epoch's
+    (compilation included) and the median of the others, from ``<name>.history.json``."""
     timings = {}
     for path in sorted(glob.glob(os.path.join(models_dir, "*.history.json"))):
+        if os.path.getmtime(path) < since:
+            continue
         stem = os.path.basename(path)[:-len(".history.json")]
         with open(path) as f:
             seconds = [s for s in json.load(f).get("seconds", []) if s is not None]
@@ -192,17 +201,19 @@ def markdown(report):
              f"- command: `{report['command']}`",
              f"- whole pipeline: {report['wall_s']:.0f} s (exit status {report['status']})"]
     if report["vgg16_skipped"]:
-        lines.append("- VGG16 skipped: no ImageNet weights on this machine "
-                     "(--vgg16-weights FILE includes it)")
+        lines.append("- VGG16 not retrained: no ImageNet weights on this machine "
+                     "(--vgg16-weights FILE includes it); a test row for it is the committed "
+                     "model's")
     lines += ["", "| notebook | wall s |", "|---|---:|"]
     lines += [f"| {name} | {seconds} |" for name, seconds in report["notebooks"].items()]
     lines += ["", "| model | epochs | training s | first epoch s | s/epoch | test top-1 | "
               "test top-5 |", "|---|---:|---:|---:|---:|---:|---:|"]
-    for name, timing in report["models"].items():
-        result = report["test"].get(name, {})
-        lines.append(f"| {name} | {timing['epochs']} | {timing['train_s']} | "
-                     f"{timing['first_epoch_s']} | {timing['epoch_s']} | "
-                     f"{result.get('top1', '')} | {result.get('top5', '')} |")
+    for name in sorted(set(report["models"]) | set(report["test"])):
+        timing, result = report["models"].get(name), report["test"].get(name, {})
+        cells = ([timing["epochs"], timing["train_s"], timing["first_epoch_s"], timing["epoch_s"]]
+                 if timing else ["not retrained", "", "", ""])
+        lines.append(f"| {name} | " + " | ".join(str(c) for c in cells) +
+                     f" | {result.get('top1', '')} | {result.get('top5', '')} |")
     lines += ["", "Versions: " + ", ".join(f"{k} {v}" for k, v in report["versions"].items())]
     return "\n".join(lines) + "\n"
 
@@ -221,8 +232,10 @@ def main(argv=None):
     device = probe_device(env)
     print(device["description"], flush=True)
     command = pipeline_command(args, os.path.join(out, "run"), archive)
+    started = time.time()
     status, wall, notebooks = run_pipeline(command, env, os.path.join(out, "pipeline.log"))
     models_dir = os.path.join(out, "run", "models")
+    timings = model_timings(models_dir, since=started)
     report = {
         "device": ", ".join(device["gpus"]) or f"CPU ({platform.processor() or platform.machine()})",
         "backend": device["backend"], "precision": device["precision"],
@@ -230,9 +243,10 @@ def main(argv=None):
         "data": ("quick mode: tiny synthetic data, NOT CIFAR-100 (--dry)" if args.dry else
                  "CIFAR-100 from " + os.path.basename(archive)),
         "command": " ".join(command[1:]), "status": status, "wall_s": round(wall, 1),
-        "notebooks": notebooks, "models": model_timings(models_dir),
+        "notebooks": notebooks, "models": timings,
         "test": test_results(models_dir),
-        "vgg16_skipped": not os.path.exists(os.path.join(models_dir, "cifar100_vgg16_cnn.keras")),
+        # Not retrained: its test figures (if any) are the committed model's.
+        "vgg16_skipped": "vgg16" not in timings,
         "versions": versions(),
     }
     with open(os.path.join(out, "gpu_pipeline.json"), "w") as f:

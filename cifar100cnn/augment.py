@@ -90,7 +90,8 @@ def resample_affine(images, transforms, fill_mode="nearest"):
     height, width, channels = images.shape[1], images.shape[2], images.shape[3]
     ys, xs = ops.meshgrid(ops.arange(height, dtype="float32"), ops.arange(width, dtype="float32"),
                           indexing="ij")
-    a0, a1, a2, b0, b1, b2 = (transforms[:, i, None, None] for i in range(6))
+    # reshape, not [:, i, None, None]: TensorFlow's graph mode without XLA drops those axes.
+    a0, a1, a2, b0, b1, b2 = (ops.reshape(transforms[:, i], (-1, 1, 1)) for i in range(6))
     src_x = fill_coordinates(a0 * xs + a1 * ys + a2, width, fill_mode)
     src_y = fill_coordinates(b0 * xs + b1 * ys + b2, height, fill_mode)
     x0, y0 = ops.floor(src_x), ops.floor(src_y)

@@ -221,8 +221,9 @@ def train_vgg16(data, recipe=VGG16, finetune=None, weights="imagenet", models_di
         verbose: Keras verbosity (default 1).
         augment_on: where fine-tuning's augmentation runs: "auto" (default), "pipeline" or
             "model" (see ``augment_in_model``).
-        precision: the Keras dtype policy the head trains in (default "float32";
-            ``training.set_up_training`` picks one for the machine).
+        precision: the Keras dtype policy the base computes the features in and the head
+            trains in (default "float32"; ``training.set_up_training`` picks one for the
+            machine). The saved model is float32 either way.
 
     Returns:
         ``(model, history)``.
@@ -242,7 +243,8 @@ def train_vgg16(data, recipe=VGG16, finetune=None, weights="imagenet", models_di
         return found
     set_seed(seed)
     strategy = strategy or current_strategy()
-    with strategy.scope():
+    # The frozen base computes the features in the training precision too.
+    with precision_policy(precision), strategy.scope():
         base = build_vgg16_base(weights, input_size)
         extractor = vgg16_feature_extractor(base)
     train_features = predict_in_batches(extractor, data.x_train, description="VGG16 features (train)")
@@ -257,8 +259,8 @@ def train_vgg16(data, recipe=VGG16, finetune=None, weights="imagenet", models_di
             return head, fit(head, train_ds, val_ds, recipe, work_dir, verbose,
                              jit_compile=path.jit_compile, callbacks=[watch])
 
-    head, history = train_with_fallback(attempt, fast_path(None, strategy=strategy, precision=precision),
-                                        "vgg16")
+    path = fast_path(None, strategy=strategy, precision=precision)
+    head, history = train_with_fallback(attempt, path, "vgg16")
     with strategy.scope():
         model = assemble_vgg16(base, head)
     if finetune is not None:

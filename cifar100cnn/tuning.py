@@ -8,7 +8,7 @@ import keras_tuner
 
 from . import artifacts
 from .augment import build_augmentation
-from .hardware import set_seed
+from .hardware import precision_policy, set_seed
 from .inputs import make_batches
 from .models import build, whitening_kernel
 from .optimization import compile_model
@@ -159,12 +159,14 @@ def tuner_role(environ=None):
 
 
 def search_third(data, max_epochs=10, budget_trials=6, directory="tuner", seed=0,
-                 results_path=None, verbose=1, widths=WIDTHS):
+                 results_path=None, verbose=1, widths=WIDTHS, precision="float32"):
     """Hyperband search selected by validation accuracy; returns ``(best_hp_values, results)``.
 
     ``budget_trials`` bounds the number of models trained (Hyperband's ``max_trials`` via
     its iterations); the summary of every trial is written to ``results_path`` as JSON.
     ``widths``: the tuned network's first-block widths to choose from (default ``WIDTHS``).
+    ``precision``: the Keras dtype policy the trials are built in (default "float32";
+    ``training.set_up_training`` picks one for the machine).
 
     In keras-tuner's distributed mode (``tuner_role``) every process runs this with the same
     arguments and ``directory`` (a shared folder when the machines share one): the chief
@@ -181,7 +183,8 @@ def search_third(data, max_epochs=10, budget_trials=6, directory="tuner", seed=0
     tuner = BudgetHyperband(
         oracle, hypermodel_for(data, max_epochs, seed, widths),
         directory=directory, project_name="third_model", overwrite=False)
-    tuner.search(data, epochs=max_epochs, verbose=verbose)
+    with precision_policy(precision):  # the trials' models are built inside the search
+        tuner.search(data, epochs=max_epochs, verbose=verbose)
     if role == "worker":  # the results live with the chief
         return None, []
     trials = tuner.oracle.get_best_trials(num_trials=budget_trials)

@@ -188,3 +188,71 @@ def test_augmentation_place_follows_the_backend():
         assert augment.augment_in_model("auto") is True
         with pytest.raises(ValueError, match="augment_on='pipeline' needs TensorFlow"):
             augment.augment_in_model("pipeline")
+
+
+def test_an_interrupted_training_resumes_at_the_next_epoch(tmp_path, tiny_dataset, monkeypatch):
+    """BackupAndRestore, the epoch log and the best weights across a kill, on this backend."""
+    dataset, folder = tiny_dataset(240, 20), str(tmp_path / "models")
+    recipe = recipes.recipe("baseline", epochs=3)
+
+    class KilledInEpoch1(training.StepWatch):
+        def on_epoch_begin(self, epoch, logs=None):
+            if epoch == 1:
+                raise KeyboardInterrupt  # as Ctrl-C or a kill, after epoch 0 was backed up
+
+    monkeypatch.setattr(training, "StepWatch", KilledInEpoch1)
+    with pytest.raises(KeyboardInterrupt):
+        training.train_image_model("baseline", tiny_model, dataset, recipe, folder, verbose=0)
+    assert not os.path.exists(artifacts.model_path("baseline", folder))
+    monkeypatch.undo()
+    begun = []
+    monkeypatch.setattr(training.EpochLog, "on_epoch_begin",
+                        lambda self, epoch, logs=None: begun.append(epoch) or
+                        setattr(self, "_started", 0.0))
+    _, history = training.train_image_model("baseline", tiny_model, dataset, recipe, folder,
+                                            verbose=0)
+    assert begun == [1, 2]  # resumed after the epoch done before the kill
+    assert len(history["loss"]) == 3 and os.path.exists(artifacts.model_path("baseline", folder))
+
+
+_DATA_PARALLEL = """
+import json, os, sys
+os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
+import keras
+from cifar100cnn import artifacts, data, hardware, models, recipes, training
+strategy = keras.distribution.DataParallel(devices=keras.distribution.list_devices("cpu"))
+dataset = data.synthetic_dataset(400, 20, source="t")
+_, history = training.train_image_model("baseline", models.build_baseline, dataset,
+                                        recipes.recipe("baseline", epochs=2), sys.argv[1],
+                                        strategy=strategy, verbose=0)
+loaded = artifacts.load_model(artifacts.model_path("baseline", sys.argv[1]))
+print("RESULT", json.dumps({"replicas": hardware.replicas(strategy),
+                            "epochs": len(history["loss"]), "params": loaded.count_params()}))
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(importlib.util.find_spec("jax") is None, reason="needs JAX")
+def test_data_parallel_under_jax_trains_over_two_devices(tmp_path):
+    """keras.distribution.DataParallel, as several GPUs get it under JAX, over two CPU devices."""
+    env = dict(os.environ, KERAS_BACKEND="jax", JAX_PLATFORMS="cpu",
+               PYTHONPATH=os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")]))
+    done = subprocess.run([sys.executable, "-c", _DATA_PARALLEL, str(tmp_path)], env=env,
+                          capture_output=True, text=True, timeout=900, cwd=ROOT)
+    lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
+    assert lines, done.stdout[-2000:] + done.stderr[-2000:]
+    report = json.loads(lines[-1][len("RESULT "):])
+    assert report == {"replicas": 2, "epochs": 2,
+                      "params": models.build_baseline().count_params()}
+
+
+@pytest.mark.parametrize("kind", ["tuned", "original"])
+def test_augmentation_inside_the_model_trains_without_xla_too(kind):
+    """The fast path's first fallback (XLA off, augmentation kept in the model) must run."""
+    from cifar100cnn import augment, optimization
+
+    x = np.random.default_rng(0).integers(0, 256, (8, 32, 32, 3), dtype=np.uint8)
+    trainee = augment.model_to_train(tiny_model(), kind, 0, "model")
+    optimization.compile_model(trainee, recipes.recipe("third_original"), 1, jit_compile=False)
+    loss = trainee.train_on_batch(x, np.arange(8))
+    assert np.isfinite(np.asarray(loss, dtype=float)).all()

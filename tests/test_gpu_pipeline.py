@@ -42,7 +42,16 @@ def test_test_results_and_the_markdown_table(tmp_path):
                                    "epoch_s": 2.0}}, "test": test, "versions": {"jax": "0.11"}}
     page = gpu_pipeline.markdown(report)
     assert "| third | 16 | 40.0 | 9.0 | 2.0 | 0.7312 | 0.92 |" in page
-    assert "| ThirdModel.ipynb | 120 |" in page and "VGG16 skipped" in page
+    assert "| ThirdModel.ipynb | 120 |" in page and "VGG16 not retrained" in page
+    report["test"]["vgg16"] = {"top1": 0.5}
+    assert "| vgg16 | not retrained |  |  |  | 0.5 |  |" in gpu_pipeline.markdown(report)
+
+
+def test_models_older_than_the_run_are_not_timed(tmp_path):
+    write_history(tmp_path, "cifar100_vgg16_cnn", [9.0])
+    os.utime(tmp_path / "cifar100_vgg16_cnn.history.json", (1000, 1000))  # a committed copy
+    write_history(tmp_path, "cifar100_third_cnn", [9.0])
+    assert list(gpu_pipeline.model_timings(str(tmp_path), since=2000)) == ["third"]
 
 
 def test_the_fake_archive_has_the_official_layout(tmp_path):
@@ -60,6 +69,16 @@ def test_without_dry_the_vgg16_weights_point_nowhere_so_vgg16_is_skipped(tmp_pat
     command = gpu_pipeline.pipeline_command(args, str(tmp_path), "a.tar.gz")
     weights = command[command.index("--vgg16-weights") + 1]
     assert not os.path.exists(weights) and "--retrain" in command and "--quick" not in command
+
+
+def test_each_notebook_is_timed_from_its_start_line_even_when_the_run_fails(tmp_path):
+    script = ("print('[1/2] TrainingModels.ipynb', flush=True); print('training'); "
+              "print('[2/2] ThirdModel.ipynb', flush=True); raise SystemExit(3)")
+    status, wall, times = gpu_pipeline.run_pipeline([sys.executable, "-c", script],
+                                                    dict(os.environ), str(tmp_path / "log"))
+    assert status == 3 and list(times) == ["TrainingModels.ipynb", "ThirdModel.ipynb"]
+    assert all(seconds >= 0 for seconds in times.values()) and wall >= 0
+    assert "training" in (tmp_path / "log").read_text()
 
 
 @pytest.mark.slow
