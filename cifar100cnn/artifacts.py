@@ -2,17 +2,22 @@
 
 Every write goes to a temporary file in the target folder, is flushed to disk (fsync) and
 renamed into place, so an interruption or a power cut never leaves a truncated file under the
-final name. Every model read goes
-through ``load_model``, which keeps Keras' ``safe_mode`` on and checks the model's shape.
+final name. Every model is saved by ``save_model`` in a form every Keras 3 release from 3.8 on
+reads, on any backend, without this package (``portability``), and read through
+``load_model``, which keeps Keras' ``safe_mode`` on, checks the model's shape and says in one
+line which Keras a file too new for the installed one needs.
 """
 
 import contextlib
 import json
 import os
 import re
+import shutil
 import tempfile
 
 import numpy as np
+
+from . import portability
 
 MODEL_FILES = {
     "baseline": "cifar100_basic_cnn.keras",
@@ -121,8 +126,6 @@ def fsync_folder(folder):
 def replace_with_copy(source, path):
     """Copy ``source`` onto ``path`` atomically (temporary file beside ``path``, fsync, rename):
     ``path`` holds either its previous content or all of ``source``, never a part."""
-    import shutil
-
     with atomic_path(path) as tmp:
         shutil.copyfile(source, tmp)
     return path
@@ -156,14 +159,38 @@ def plain_wrapper(model):
     return keras.Model(single(model.inputs), single(model.outputs), name=model.name)
 
 
-def save_model(model, path):
-    """Save ``model`` (without optimizer state) atomically as a ``.keras`` file."""
+def save_model(model, path, portable=True):
+    """Save ``model`` (float32, without optimizer state) atomically as a ``.keras`` file.
+
+    Args:
+        model: the model.
+        path: the ``.keras`` file to write.
+        portable: write only what Keras ``portability.OLDEST_KERAS`` knows (default True): the
+            arguments newer releases added are left out where they hold their feature-off
+            values, so the file opens in every Keras 3 release from 3.8 on, on any backend. A
+            model that really uses a newer feature (or a class of its own, which Keras alone
+            cannot rebuild) is refused with ``ArtifactError`` and nothing is written; False
+            writes it as the installed Keras does.
+
+    Returns:
+        ``path``.
+    """
     if not str(path).endswith(".keras"):
         raise ValueError(f"model files must end in .keras, got {path!r}")
     copy = export_copy(model)
     with atomic_path(path) as tmp:
         os.remove(tmp)  # Keras refuses to overwrite without asking
         copy.save(tmp)
+        if portable:
+            try:
+                portability.make_portable(tmp)
+            except portability.PortabilityError as error:
+                reach = (f"so the Keras releases from {portability.OLDEST_KERAS} until "
+                         f"{error.version} could not open the file. Build the model without it, "
+                         f"or save with portable=False for Keras >= {error.version} only"
+                         if error.version else "so Keras alone could not open the file. Build "
+                         "the model from Keras' own layers, or save with portable=False")
+                raise ArtifactError(f"{path} was not written: {error}, {reach}.") from None
     return path
 
 
@@ -230,12 +257,7 @@ def load_model(path, expected_input=(32, 32, 3), expected_classes=100):
             f"{path} contains a Lambda layer or other arbitrary code ({', '.join(unsafe)}), "
             "which can run anything on your machine. It was refused: loading keeps "
             "safe_mode=True. Use models saved by this project (they need no custom code).")
-    try:
-        model = keras.models.load_model(path, compile=False, safe_mode=True)
-    except Exception as error:
-        raise ArtifactError(f"{path} is not a loadable Keras model ({type(error).__name__}: "
-                            f"{str(error)[:300]}). Re-create it with the notebook that produced "
-                            "it.") from None
+    model = _read_model(path, keras)
     input_shape = tuple(model.input_shape[1:]) if not isinstance(model.input_shape, list) else None
     output_shape = tuple(model.output_shape[1:]) if not isinstance(model.output_shape, list) else None
     if input_shape != tuple(expected_input):
@@ -245,6 +267,51 @@ def load_model(path, expected_input=(32, 32, 3), expected_classes=100):
         raise ArtifactError(f"{path} outputs shape {output_shape}; expected ({expected_classes},) "
                             "(one probability per CIFAR-100 class).")
     return plain_wrapper(model)  # files saved with a one-element input list, too
+
+
+def _read_model(path, keras):
+    """``keras.models.load_model`` in safe mode; a file written by a newer Keras is read once
+    more without the arguments the installed one lacks, where they change nothing (a file from
+    another program than this package, saved as is); else one line says what it needs."""
+    try:
+        return keras.models.load_model(path, compile=False, safe_mode=True)
+    except Exception as error:  # Keras raises many kinds, with the whole config in the text
+        failure = error
+    installed = keras.__version__
+    config = portability.read_config(path)
+    try:
+        portable, dropped = portability.portable_config(config or {}, installed)
+    except portability.PortabilityError:
+        dropped = 0
+    if dropped:
+        with tempfile.TemporaryDirectory() as folder:
+            copy = os.path.join(folder, os.path.basename(path))
+            shutil.copyfile(path, copy)
+            portability.rewrite_config(copy, portable)
+            try:
+                return keras.models.load_model(copy, compile=False, safe_mode=True)
+            except Exception:
+                pass
+    raise ArtifactError(unreadable_model_message(path, failure, installed)) from None
+
+
+def unreadable_model_message(path, error, installed):
+    """One line: which Keras a model file needs when it uses what Keras ``installed`` lacks,
+    else what went wrong, cut short (Keras' own message repeats the whole configuration)."""
+    version, what = portability.required_keras(path, installed)
+    if version:
+        command = f'pip install -U "keras>={version}"'
+        return (f"{path} needs Keras {version} or newer (it uses {what}); this is Keras "
+                f"{installed}: run `{command}` (in a notebook: `%{command}`), then restart the "
+                "runtime/kernel.")
+    # Keras nests "could not be deserialized properly ... config={...} Exception encountered:
+    # <the cause>" once per level; the innermost cause is the useful part.
+    cause = str(error).rsplit("Exception encountered:", 1)[-1]
+    lines = [line.strip() for line in cause.splitlines() if line.strip()]
+    reason = lines[0] if lines else ""
+    reason = reason if len(reason) <= 200 else reason[:197] + "..."
+    return (f"{path} is not a loadable Keras model ({type(error).__name__}: {reason}). "
+            "Re-create it with the notebook that produced it.")
 
 
 def save_array(array, path):
