@@ -118,7 +118,8 @@ def _run_third_model_cells(best, dataset, monkeypatch):
     namespace = {"best": best, "third_preset": "tuned", "third_epochs": None, "epochs": 1,
                  "dataset": dataset, "models": models, "recipes": recipes, "tuning": tuning,
                  "training": training, "models_dir": "unused", "retrain": False, "seed": 0,
-                 "strategy": None, "keras_verbose": 0, "augment_on": "auto", "jit_compile": False}
+                 "strategy": None, "keras_verbose": 0, "augment_on": "auto", "jit_compile": False,
+                 "precision": "float32"}
     monkeypatch.setattr(keras.Model, "summary", lambda self, *a, **k: None)
     exec(choose, namespace)
     with pytest.raises(_Trained):

@@ -65,7 +65,7 @@ def test_candidates_are_built_and_fed_as_their_recipe_says(search_hypermodel, mo
     assert model.optimizer.weight_decay == pytest.approx(5e-3)
     assert model.loss.label_smoothing == pytest.approx(0.1)
     batches = []
-    monkeypatch.setattr(tuning, "make_pipeline",
+    monkeypatch.setattr(tuning, "make_batches",
                         lambda x, y, batch_size, **kwargs: batches.append((len(x), batch_size)))
 
     class Model:
