@@ -1,5 +1,7 @@
-"""Best-weights tracking across an interrupted and resumed run (training.fit): the resumed run
-keeps the best so far of the interrupted one instead of starting its tracking afresh."""
+"""What training.fit and fit_on_images do with a recipe and the data, the validation accuracy
+of each epoch set by the test: best-weights tracking across an interrupted and resumed run
+(the resumed run keeps the best so far instead of starting afresh), early stopping after the
+recipe's patience, and which split trains and which validates."""
 
 import os
 
@@ -33,19 +35,20 @@ class _Run(keras.callbacks.Callback):
         self.weights[epoch] = [np.array(w) for w in self.model.get_weights()]
 
 
-def _fit(small_model, dataset, work_dir, run, epochs_seen):
+def _fit(small_model, dataset, work_dir, run, epochs_seen, accuracies=VAL_ACCURACY,
+         recipe=recipes.recipe("baseline", epochs=4)):
     model = small_model()
 
     def evaluate(*args, **kwargs):
         epoch = len(epochs_seen)
         epochs_seen.append(epoch)
-        return {"loss": 1.0, "accuracy": VAL_ACCURACY[epoch]}
+        return {"loss": 1.0, "accuracy": accuracies[epoch]}
 
     model.evaluate = evaluate
     train = inputs.make_batches(dataset.x_train, dataset.y_train, 60, shuffle=True)
     val = inputs.make_batches(dataset.x_val, dataset.y_val, 60)
-    history = training.fit(model, train, val, recipes.recipe("baseline", epochs=4), work_dir,
-                           verbose=0, jit_compile=False, callbacks=[run])
+    history = training.fit(model, train, val, recipe, work_dir, verbose=0, jit_compile=False,
+                           callbacks=[run])
     return model, history
 
 
@@ -71,3 +74,35 @@ def test_resumed_run_keeps_the_best_weights_of_the_interrupted_one(tmp_path, sma
         np.testing.assert_array_equal(ours, best)  # the model ends with epoch 1's weights
     assert not any(np.array_equal(ours, last) for ours, last in zip(model.get_weights(),
                                                                    second.weights[3]))
+
+
+@pytest.mark.parametrize("patience, epochs_run", [(2, 4), (3, 5), (None, 6)])
+def test_early_stopping_waits_the_recipes_patience(tmp_path, small_model, tiny_dataset, patience,
+                                                   epochs_run):
+    run = _Run()
+    _, history = _fit(small_model, tiny_dataset(n_train=300, n_test=10), str(tmp_path), run, [],
+                      accuracies=[0.2, 0.5, 0.4, 0.3, 0.3, 0.1],
+                      recipe=recipes.recipe("baseline", epochs=6, early_stopping=patience))
+    assert sorted(run.weights) == list(range(epochs_run))
+    assert len(history["val_accuracy"]) == epochs_run
+
+
+def test_fit_on_images_trains_on_the_training_split_and_validates_on_the_validation_split(
+        monkeypatch, tiny_dataset, small_model):
+    dataset = tiny_dataset(n_train=300, n_test=10)
+    given = {}
+
+    def fit(model, train_ds, val_ds, recipe, *args, **kwargs):
+        given.update(train=list(train_ds), val=list(val_ds))
+        return {}
+
+    monkeypatch.setattr(training, "fit", fit)
+    training.fit_on_images(small_model, dataset, recipes.recipe("baseline", epochs=1, batch_size=64),
+                           "unused", augment_on="pipeline", verbose=0)
+    assert [len(x) for x, _ in given["train"]] == [64, 64, 64, 48]
+    val_x = np.concatenate([np.asarray(x) for x, _ in given["val"]])
+    val_y = np.concatenate([np.asarray(y) for _, y in given["val"]])
+    np.testing.assert_array_equal(val_x, dataset.x_val)
+    np.testing.assert_array_equal(val_y, dataset.y_val)
+    train_x = np.concatenate([np.asarray(x) for x, _ in given["train"]])
+    assert sorted(map(bytes, train_x)) == sorted(map(bytes, dataset.x_train))  # shuffled
