@@ -298,9 +298,9 @@ def run_notebooks(names, parameters, output_dir, out=None, err=None):
         final = os.path.join(executed_dir, name)
         kernel_log = os.path.join(logs_dir, f"kernel_{os.path.splitext(name)[0]}.log")
         kept = f"{final} was left as it was." if os.path.exists(final) else ""
-        reporter = progress.Progress(
-            name, number, len(names), out=out,
-            estimates=previous_durations(final, *recorded))
+        earlier = "previous run" if os.path.exists(final) else "reference run"
+        reporter = progress.Progress(name, number, len(names), out=out,
+                                     estimates=previous_durations(final, *recorded), earlier=earlier)
         os.makedirs(unfinished_dir, exist_ok=True)
         try:
             with open(kernel_log, "w") as log:
