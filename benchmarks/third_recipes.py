@@ -10,9 +10,9 @@ and the accuracy-versus-time curve built from those timings and the recorded tra
 ``speed`` times each recipe's training steps in float32 and mixed_bfloat16 on synthetic
 CIFAR-shaped data: ``train_on_batch`` on fixed batches augmented beforehand, after one warm-up
 step, each measurement in a cleared Keras session with its precision checked on the built
-model (an earlier version timed ``fit`` through the augmenting input pipeline in one session:
-the pipeline's parallel map calls share the same cores, which made the recipes' times depend
-on how the pipeline and the steps interleaved; the pipeline is now timed apart). The recipes
+model (an earlier version timed a few steps of ``fit`` through the augmenting input pipeline,
+all in one session; its float32 figure for the tuned recipe could not be reproduced, see
+docs/efficiency.md); the input pipeline is timed apart, threads and XLA are recorded. The recipes
 and precisions take turns, in reverse order every other round, so that a shared CPU loads them
 alike. One epoch = the steps over 40,000 training images + predictions on 10,000 validation
 images. Results: docs/recipes/speed.json. ``curve`` reads it together with docs/recipes/runs.json

@@ -156,6 +156,9 @@ def run(args):
         if copies and not args.retrain:
             print(f"Reusing the committed models ({', '.join(copies)}), copied to "
                   f"{os.path.join(where, 'models')}; --retrain trains them again there.")
+    if parameters["archive"] and not args.quick and args.data == "cifar100":
+        check = "checked against the official sha256" if parameters["verify_archive"] else "sha256 check off"
+        print(f"CIFAR-100 from {shown(parameters['archive'])} ({check}).")
     print(f"Writing to {where}/ (executed/, figures/, models/, arrays/).", flush=True)
     status = runner.run_notebooks(args.notebooks, parameters, output_dir)
     if status == 0:

@@ -53,13 +53,15 @@ class Progress:
         number, total: its place in the run (1-based) and the number of notebooks.
         out: where to print (default ``sys.stdout``).
         estimates: seconds per code cell source in an earlier run (``runner.previous_durations``).
+        earlier: what that run is called on the terminal (default "previous run").
         clock: a function returning seconds (default ``time.monotonic``).
     """
 
-    def __init__(self, name, number=1, total=1, out=None, estimates=None, clock=time.monotonic):
+    def __init__(self, name, number=1, total=1, out=None, estimates=None, earlier="previous run",
+                 clock=time.monotonic):
         self.name, self.number, self.total = name, number, total
         self.out = out or sys.stdout
-        self.estimates = estimates or {}
+        self.estimates, self.earlier = estimates or {}, earlier
         self.clock = clock
         self.started = None
         self.step = self.steps = 0
@@ -88,7 +90,7 @@ class Progress:
             line = f"  step {self.step}/{self.steps}: parameters of this run"
         earlier = self.estimates.get("".join(cell.get("source", "")))
         if earlier and earlier >= LONG:
-            line += f" (took {duration(earlier)} in the previous run)"
+            line += f" (took {duration(earlier)} in the {self.earlier})"
         self._print(line)
 
     def _end_step(self, now):

@@ -125,7 +125,9 @@ def kernel_environment(parameters=None, environ=None):
     """Environment variables for the kernels of a CLI run.
 
     Progress bars off (``TQDM_DISABLE``) and tqdm's "IProgress not found" warning filtered
-    (``PYTHONWARNINGS``): executed copies need neither. TensorFlow's C++ INFO lines off
+    (``PYTHONWARNINGS``): executed copies need neither; nor the warning that the archive's
+    sha256 check is off, which the injected parameters (``verify_archive``) and the terminal
+    already say. TensorFlow's C++ INFO lines off
     (``TF_CPP_MIN_LOG_LEVEL=1``, unless set). The package importable from the output folder,
     where the kernels run (``PYTHONPATH``). The local files a run reads (the CIFAR-100
     archive, VGG16's weights) travel as the variables the notebooks read
@@ -139,7 +141,8 @@ def kernel_environment(parameters=None, environ=None):
     environ = os.environ if environ is None else environ
     variables = {
         "TQDM_DISABLE": "1",
-        "PYTHONWARNINGS": _joined(",", environ.get("PYTHONWARNINGS"), "ignore:IProgress not found"),
+        "PYTHONWARNINGS": _joined(",", environ.get("PYTHONWARNINGS"), "ignore:IProgress not found",
+                                  "ignore:sha256 check of"),
         "TF_CPP_MIN_LOG_LEVEL": environ.get("TF_CPP_MIN_LOG_LEVEL", "1"),
         "PYTHONPATH": _joined(os.pathsep, REPO_ROOT, environ.get("PYTHONPATH")),
     }
@@ -190,11 +193,12 @@ def quiet_kernel_manager(log):
     return QuietKernelManager
 
 
-def path_replacements(output_dir):
+def path_replacements(output_dir, files=()):
     """``(pattern, replacement)`` pairs that make the paths of this machine relative in the
     text of an executed copy: the output folder (where the kernel ran) and the repository
-    become relative paths, the Python installation "<python>", the home folder "~"."""
-    pairs = []
+    become relative paths, the Python installation "<python>", the home folder "~", and each
+    of ``files`` (the archive, VGG16's weights) its file name."""
+    pairs = [(os.path.dirname(os.path.abspath(path)) + os.sep, "") for path in files if path]
     for folder in (os.path.abspath(output_dir), os.path.abspath(REPO_ROOT)):
         pairs += [(folder + os.sep, ""), (folder, ".")]
     for prefix, name in ((sys.prefix, "<python>"), (sys.base_prefix, "<python>"),
@@ -219,7 +223,7 @@ def _scrub(value, replacements):
     return value
 
 
-def clean_record(notebook, name, final_path, output_dir):
+def clean_record(notebook, name, final_path, output_dir, files=()):
     """The executed notebook as it is kept: papermill's recorded input and output paths are
     the notebook's name and its final place, relative to the output folder; the outputs and
     papermill's metadata hold no path of this machine (``path_replacements``).
@@ -229,11 +233,12 @@ def clean_record(notebook, name, final_path, output_dir):
         name: the notebook's file name.
         final_path: where the executed copy is kept.
         output_dir: the run's output folder.
+        files: local files the run read (``path_replacements``).
 
     Returns:
         ``notebook``.
     """
-    replacements = path_replacements(output_dir)
+    replacements = path_replacements(output_dir, files)
     record = notebook.setdefault("metadata", {}).setdefault("papermill", {})
     record["input_path"] = name
     record["output_path"] = os.path.relpath(final_path, output_dir).replace(os.sep, "/")
@@ -245,11 +250,11 @@ def clean_record(notebook, name, final_path, output_dir):
     return notebook
 
 
-def keep_executed_copy(running, final, name, output_dir):
+def keep_executed_copy(running, final, name, output_dir, files=()):
     """Write the cleaned executed copy atomically to ``final``, then remove ``running``."""
     with open(running) as handle:
         notebook = json.load(handle)
-    clean_record(notebook, name, final, output_dir)
+    clean_record(notebook, name, final, output_dir, files)
     with atomic_path(final) as tmp, open(tmp, "w") as handle:
         json.dump(notebook, handle, indent=1, ensure_ascii=False)
         handle.write("\n")
@@ -298,9 +303,9 @@ def run_notebooks(names, parameters, output_dir, out=None, err=None):
         final = os.path.join(executed_dir, name)
         kernel_log = os.path.join(logs_dir, f"kernel_{os.path.splitext(name)[0]}.log")
         kept = f"{final} was left as it was." if os.path.exists(final) else ""
-        reporter = progress.Progress(
-            name, number, len(names), out=out,
-            estimates=previous_durations(final, *recorded))
+        earlier = "previous run" if os.path.exists(final) else "reference run"
+        reporter = progress.Progress(name, number, len(names), out=out,
+                                     estimates=previous_durations(final, *recorded), earlier=earlier)
         os.makedirs(unfinished_dir, exist_ok=True)
         try:
             with open(kernel_log, "w") as log:
@@ -321,7 +326,9 @@ def run_notebooks(names, parameters, output_dir, out=None, err=None):
                   f"The kernel's log: {kernel_log}\n{kept}", file=err)
             raise
         # Only a notebook that ran to the end replaces the previous executed copy, atomically.
-        keep_executed_copy(running, final, name, output_dir)
+        files = [parameters.get("archive"), parameters.get("vgg16_weights")]
+        keep_executed_copy(running, final, name, output_dir,
+                           [path for path in files if path and os.path.isfile(path)])
         _remove_if_empty(unfinished_dir)
         timings.append((name, reporter.stop()))
     summary = ", ".join(f"{name} {progress.duration(seconds)}" for name, seconds in timings)

@@ -20,7 +20,8 @@ def test_kernel_environment_quiets_only_the_cli_kernels():
     user = {"PYTHONWARNINGS": "error::ResourceWarning", "PYTHONPATH": "/elsewhere"}
     environment = cli.kernel_environment(environ=user)
     assert environment["TQDM_DISABLE"] == "1"
-    assert environment["PYTHONWARNINGS"] == "error::ResourceWarning,ignore:IProgress not found"
+    assert environment["PYTHONWARNINGS"] == ("error::ResourceWarning,ignore:IProgress not found,"
+                                             "ignore:sha256 check of")
     assert environment["PYTHONPATH"] == os.pathsep.join([cli.REPO_ROOT, "/elsewhere"])
     assert environment["TF_CPP_MIN_LOG_LEVEL"] == "1"  # INFO off; warnings and errors stay
     assert cli.kernel_environment(environ={"TF_CPP_MIN_LOG_LEVEL": "0"})["TF_CPP_MIN_LOG_LEVEL"] == "0"

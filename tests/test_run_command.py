@@ -150,6 +150,15 @@ def test_the_kept_copy_holds_relative_paths_only(tmp_path):
     assert text[3] == f"{out}-other/y\n"  # another folder that only starts with the same name
 
 
+def test_the_files_a_run_read_appear_by_name_only(tmp_path):
+    archive = tmp_path / "data" / "cifar-100-python.tar.gz"
+    notebook = {"cells": [{"cell_type": "code", "source": "", "outputs": [
+        {"output_type": "stream", "name": "stderr", "text": f"sha256 check of {archive} skipped\n"}]}]}
+    runner.clean_record(notebook, "T.ipynb", str(tmp_path / "executed" / "T.ipynb"), str(tmp_path),
+                        files=[str(archive)])
+    assert notebook["cells"][0]["outputs"][0]["text"] == "sha256 check of cifar-100-python.tar.gz skipped\n"
+
+
 # ---------------------------------------------------------------------------
 # Progress on the terminal
 # ---------------------------------------------------------------------------
