@@ -122,7 +122,7 @@ def pipeline_command(args, out, archive):
 
 
 # The CLI's line as a notebook starts: "[2/4] ThirdModel.ipynb" (earlier "=== ... ===").
-NOTEBOOK_START = re.compile(r"^(?:\[\d+/\d+\] (\w+\.ipynb)|=== (\w+\.ipynb) ===)$")
+NOTEBOOK_START = re.compile(r"^(?:\[\d+/\d+\] (\w+\.ipynb)|=== (\w+\.ipynb) ===)(?:\s.*)?$")
 
 
 def run_pipeline(command, env, log_path):
