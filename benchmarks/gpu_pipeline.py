@@ -62,6 +62,8 @@ def parse_args(argv=None):
     parser.add_argument("--precision", default="auto", help="the run's --precision")
     parser.add_argument("--dry", action="store_true",
                         help="CPU only, quick mode, a tiny fake archive: checks this script")
+    parser.add_argument("--notebooks", nargs="*", default=None,
+                        help="only these notebooks (default: all four)")
     return parser.parse_args(argv)
 
 
@@ -108,6 +110,8 @@ def pipeline_command(args, out, archive):
     """``python -m cifar100cnn run ...`` for this benchmark."""
     command = [sys.executable, "-m", "cifar100cnn", "run", "--retrain", "--out", out,
                "--precision", args.precision]
+    if args.notebooks:
+        command += ["--notebooks", *args.notebooks]
     if archive:
         command += ["--archive", archive]
     if args.no_verify or args.dry:
@@ -122,7 +126,7 @@ def pipeline_command(args, out, archive):
 
 
 # The CLI's line as a notebook starts: "[2/4] ThirdModel.ipynb" (earlier "=== ... ===").
-NOTEBOOK_START = re.compile(r"^(?:\[\d+/\d+\] (\w+\.ipynb)|=== (\w+\.ipynb) ===)$")
+NOTEBOOK_START = re.compile(r"^(?:\[\d+/\d+\] (\w+\.ipynb)|=== (\w+\.ipynb) ===)(?:\s.*)?$")
 
 
 def run_pipeline(command, env, log_path):

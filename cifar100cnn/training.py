@@ -392,6 +392,9 @@ def set_up_training(precision="auto", augment_on="auto", jit_compile="auto",
         description += "\nGPU paths forced: " + ", ".join(forced)
         if not mirror:
             description += f" (not MirroredStrategy: {TF_ONLY})"
+    if backend() == "torch":
+        description += ("\nPyTorch: training runs without compilation and is not tested here; "
+                        "TensorFlow and JAX are the tested backends.")
     return TrainingSetup(hardware.strategy, augment_on, jit_compile, hardware.precision,
                          description)
 

@@ -69,6 +69,10 @@ def test_without_dry_the_vgg16_weights_point_nowhere_so_vgg16_is_skipped(tmp_pat
     command = gpu_pipeline.pipeline_command(args, str(tmp_path), "a.tar.gz")
     weights = command[command.index("--vgg16-weights") + 1]
     assert not os.path.exists(weights) and "--retrain" in command and "--quick" not in command
+    assert "--notebooks" not in command  # all four
+    args = gpu_pipeline.parse_args(["--out", str(tmp_path), "--dry", "--notebooks", "A.ipynb"])
+    command = gpu_pipeline.pipeline_command(args, str(tmp_path), "a.tar.gz")
+    assert command[command.index("--notebooks") + 1] == "A.ipynb" and "--quick" in command
 
 
 def test_each_notebook_is_timed_from_its_start_line_even_when_the_run_fails(tmp_path):
