@@ -13,12 +13,12 @@ import numpy as np
 from tqdm.auto import tqdm
 
 PRECISIONS = ("float32", "bfloat16")
-# bfloat16 keeps 8 significant bits. On the tuned third model and the CIFAR-100 test set
-# the gaps in log-probability that decide top-1 and top-5 moved by at most 0.45 between
-# bfloat16 and float32 (99.9 % of them by less than 0.29; benchmarks/testmodels_speed.py
-# checks every decision against float32); a row whose gap is below this margin is
-# predicted again in float32.
-VERIFY_MARGIN = 0.6
+# bfloat16 keeps 8 significant bits. On the CIFAR-100 test set the gaps in log-probability
+# that decide top-1 and top-5 moved by at most 0.45 between bfloat16 and float32 for the tuned
+# third model, and by at most 0.78 once its temperature (0.63) was folded in: the error grows
+# with the logits' scale. A row whose gap is below this margin is predicted again in float32;
+# benchmarks/testmodels_speed.py checks every decision against float32.
+VERIFY_MARGIN = 1.2
 TOP_K = (1, 5)
 _bf16_copies = weakref.WeakKeyDictionary()
 
