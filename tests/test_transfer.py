@@ -77,3 +77,12 @@ def test_weights_file_is_read_and_the_environment_is_not(tmp_path, monkeypatch):
     # $VGG16_WEIGHTS is for the notebooks and the CLI (environment.vgg16_weights).
     monkeypatch.setenv("VGG16_WEIGHTS", str(weights_file))
     assert transfer.resolve_vgg16_weights("imagenet") == "imagenet"
+
+
+def test_finetuning_unfreezes_block5_alone():
+    model = transfer.unfreeze_block5(transfer.build_vgg16(weights=None))
+    base = next(layer for layer in model.layers if layer.name == "vgg16")
+    assert sorted(layer.name for layer in base.layers if layer.trainable and layer.weights) == [
+        "block5_conv1", "block5_conv2", "block5_conv3"]
+    trainable = sum(int(np.prod(w.shape)) for w in model.trainable_weights)
+    assert trainable == 419_684 + 3 * (3 * 3 * 512 * 512 + 512)  # the head + block 5
