@@ -4,7 +4,8 @@
 #   make test   the test suite
 # Both install the exact versions of requirements.lock. After changing requirements.txt:
 #   make lock   refresh requirements.lock and requirements-floor.txt (needs uv: pip install uv);
-#               LOCK_ARGS=--upgrade also moves every pin to the newest version the ranges allow
+#               LOCK_ARGS=--upgrade also moves every pin to the newest version the ranges allow;
+#               the floor file is made afresh each time (earlier pins would hold floors up)
 VENV ?= .venv
 PYTHON = $(VENV)/bin/python
 STAMP = $(VENV)/.installed
@@ -28,5 +29,5 @@ test: $(STAMP)
 lock:
 	@command -v $(UV) >/dev/null || { echo "make lock needs uv: pip install uv"; exit 1; }
 	$(LOCK) --universal --python-version 3.11 requirements.txt -o requirements.lock
-	$(LOCK) --resolution lowest-direct --python-version 3.11 --python-platform x86_64-manylinux_2_28 \
-		requirements.txt -o requirements-floor.txt
+	$(LOCK) --resolution lowest-direct --upgrade --python-version 3.11 \
+		--python-platform x86_64-manylinux_2_28 requirements.txt -o requirements-floor.txt

@@ -30,7 +30,7 @@ import warnings
 
 # The lowest versions that really work (requirements.txt gives the reasons). TensorFlow's
 # counts only when it is the Keras backend.
-MINIMUM = {"tensorflow": "2.16", "keras": "3.15", "numpy": "1.26.1"}
+MINIMUM = {"tensorflow": "2.16", "keras": "3.10", "numpy": "1.26.1"}
 # The names under which each can be installed; the first one found counts.
 DISTRIBUTIONS = {
     "tensorflow": ("tensorflow", "tensorflow-cpu", "tensorflow-gpu", "tensorflow-intel",

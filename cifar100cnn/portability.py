@@ -45,7 +45,7 @@ NEWER_KEYS = {
     "Dense": {**_LORA, **_QUANTIZATION},
     "Embedding": {**_LORA, **_QUANTIZATION},
     "EinsumDense": {**_LORA, **_QUANTIZATION, "gptq_unpacked_column_size": ((None,), "3.12")},
-    "BatchNormalization": {"renorm": ((False,), "3.14"), "renorm_clipping": ((None,), "3.14"),
+    "BatchNormalization": {"renorm": ((False,), "3.14"), "renorm_clipping": ((None, {}), "3.14"),
                            "renorm_momentum": ((0.99,), "3.14")},
     "MultiHeadAttention": _ATTENTION, "GroupQueryAttention": _ATTENTION,
     "IntegerLookup": _LOOKUP, "StringLookup": _LOOKUP,
@@ -149,7 +149,8 @@ def portable_config(config, target=OLDEST_KERAS):
         target: the oldest Keras release the result must open in (default ``OLDEST_KERAS``).
 
     Returns:
-        ``(config, dropped)``: the portable configuration and the number of arguments left out.
+        ``(config, changes)``: the portable configuration and the number of arguments left out
+        (and of a model's single input or output no longer written as a one-element list).
 
     Raises:
         PortabilityError: the model really uses a feature ``target`` lacks; the message names
@@ -169,7 +170,24 @@ def portable_config(config, target=OLDEST_KERAS):
             f"releases before {version} lack", version)
     for node, key, _ in droppable:
         del node["config"][key]
-    return config, len(droppable)
+    return config, len(droppable) + _unlist_single_input_output(config)
+
+
+def _unlist_single_input_output(config):
+    """Write a model's only input and output as such, not as one-element lists: Keras 3.10 to
+    3.14 write ``[["image", 0, 0]]`` even for a model built on one tensor, and every release
+    then rebuilds it with a list input, which warns "The structure of `inputs` doesn't match"
+    at each call on a plain array. (3.15 writes ``["image", 0, 0]``, which 3.8 reads too.)
+    Returns the number of changes."""
+    settings, changes = config.get("config"), 0
+    if config.get("class_name") != "Functional" or not isinstance(settings, dict):
+        return 0
+    for key in ("input_layers", "output_layers"):
+        value = settings.get(key)
+        if (isinstance(value, list) and len(value) == 1 and isinstance(value[0], list)
+                and len(value[0]) == 3 and isinstance(value[0][0], str)):
+            settings[key], changes = value[0], changes + 1
+    return changes
 
 
 def read_config(path):
@@ -208,16 +226,16 @@ def rewrite_config(path, config):
 def make_portable(path, target=OLDEST_KERAS):
     """Rewrite a ``.keras`` file so that Keras ``target`` and later read it (``portable_config``).
 
-    Returns the number of arguments left out; raises ``PortabilityError`` as
-    ``portable_config`` does, leaving the file unchanged.
+    Returns the number of changes; raises ``PortabilityError`` as ``portable_config`` does,
+    leaving the file unchanged.
     """
     config = read_config(path)
     if config is None:
         raise ValueError(f"{path} is not a .keras file")
-    portable, dropped = portable_config(config, target)
-    if dropped:
+    portable, changes = portable_config(config, target)
+    if changes:
         rewrite_config(path, portable)
-    return dropped
+    return changes
 
 
 def required_keras(path, installed):
@@ -225,13 +243,14 @@ def required_keras(path, installed):
     first Keras release that reads it and what it uses from there, or ``(None, None)`` when
     nothing in the file is known to be newer than ``installed``.
 
-    Newer features from ``NEWER_KEYS``/``NEWER_CLASSES`` are named; otherwise a file written by
-    a release newer than ``installed`` names that release (its newer feature is unknown here).
+    Newer features in real use (``newer_features``) are named; newer arguments at their
+    feature-off values are not (``artifacts.load_model`` leaves them out and reads the file);
+    otherwise a file written by a release newer than ``installed`` names that release (its
+    newer feature is unknown here).
     """
     config = read_config(path)
     if config is not None:
-        droppable, used = newer_features(config, installed)
-        used += [(f"{node['class_name']}({key}=...)", version) for node, key, version in droppable]
+        used = newer_features(config, installed)[1]  # the rest is left out on reading
         if used:
             return _version_of(used), ", ".join(sorted({what for what, _ in used}))
     writer = saved_by(path)

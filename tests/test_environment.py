@@ -188,7 +188,7 @@ def test_floors_agree_with_requirements_and_pyproject():
     assert declared == {name: spec for name, spec in required.items() if name != "pytest"}
     for module, minimum in environment.MINIMUM.items():
         assert re.search(rf"(^|,)>={re.escape(minimum)}(,|$)", required[module]), module
-    assert 'requires-python = ">=3.11"' in read("pyproject.toml")  # keras 3.15 needs it
+    assert 'requires-python = ">=3.11"' in read("pyproject.toml")  # what the locks are made for
 
 
 @pytest.mark.parametrize("lock", ["requirements.lock", "requirements-floor.txt"])

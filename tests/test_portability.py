@@ -5,13 +5,14 @@ really open in Keras 3.8 is checked by .ci/portability, in an environment with K
 import glob
 import json
 import os
+import warnings
 import zipfile
 
 import keras
 import numpy as np
 import pytest
 
-from cifar100cnn import artifacts, portability
+from cifar100cnn import artifacts, environment, portability
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 COMMITTED = sorted(glob.glob(os.path.join(ROOT, "models", "*.keras")))
@@ -56,22 +57,51 @@ def test_saved_files_leave_out_what_keras_3_8_lacks_and_predict_the_same(tmp_pat
     np.testing.assert_allclose(artifacts.load_model(path)(x), model(x), atol=1e-6)
 
 
+def with_newer_keys(config):
+    """The configuration as the newest Keras writes it: every newer argument the tables know,
+    at its feature-off value (whatever the installed Keras wrote)."""
+    for node in portability._objects(config):
+        for key, (neutral, _) in portability.NEWER_KEYS.get(node["class_name"], {}).items():
+            node["config"].setdefault(key, neutral[0])
+    return config
+
+
 def test_portable_config_drops_only_feature_off_values():
-    config = config_of_model(small_model())
-    portable, dropped = portability.portable_config(config)
-    assert dropped == sum(len([k for k in keys if k in node["config"]])
-                          for node in portability._objects(config)
-                          for keys in [portability.NEWER_KEYS.get(node["class_name"], {})])
-    assert dropped >= 6  # renorm x3, quantization_config, input_axes/output_axes, ragged
-    assert portability.newer_features(config)[0]  # the input is left as it was
+    config = with_newer_keys(config_of_model(small_model()))
+    newer = [(node["class_name"], key) for node in portability._objects(config)
+             for key in portability.NEWER_KEYS.get(node["class_name"], {})]
+    assert len(newer) >= 6  # renorm x3, quantization_config, input_axes/output_axes, ragged
+    portable, changes = portability.portable_config(config)
+    assert changes >= len(newer)
+    assert len(portability.newer_features(config)[0]) == len(newer)  # the input is unchanged
+    assert portability.newer_features(portable) == ([], [])
     # the older releases' keys are all there, unchanged
     for before, after in zip(portability._objects(config), portability._objects(portable)):
         newer = portability.NEWER_KEYS.get(before["class_name"], {})
         assert set(after["config"]) == set(before["config"]) - set(newer)
         assert all(after["config"][k] == v for k, v in before["config"].items()
                    if k not in newer and not isinstance(v, (dict, list)))
-    # a release that knows everything keeps everything
-    assert portability.portable_config(config, target="3.15")[1] == 0
+    # a release that knows everything keeps every argument
+    kept = portability.portable_config(config, target="3.15")[0]
+    assert portability.newer_features(kept, "3.8")[0]
+
+
+def test_a_single_input_and_output_are_not_written_as_lists(tmp_path):
+    """Keras 3.10-3.14 write a one-tensor model's input as ``[["image", 0, 0]]``, which plain
+    Keras rebuilds with a list input (a warning at each call on an array)."""
+    config = config_of_model(small_model())
+    config["config"]["input_layers"] = [["image", 0, 0]]
+    output = config["config"]["output_layers"]
+    config["config"]["output_layers"] = output if isinstance(output[0], list) else [output]
+    portable = portability.portable_config(config)[0]["config"]
+    assert portable["input_layers"] == ["image", 0, 0]
+    assert isinstance(portable["output_layers"][0], str)
+    two = {"class_name": "Functional", "config": {"input_layers": [["a", 0, 0], ["b", 0, 0]]}}
+    assert portability.portable_config(two) == (two, 0)
+    path = artifacts.save_model(small_model(), tmp_path / "m.keras")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert keras.models.load_model(path, compile=False)(images()).shape == (4, 100)
 
 
 def config_of_model(model):
@@ -97,6 +127,8 @@ def test_a_newer_feature_in_real_use_is_refused_with_its_version(change, what, v
     assert portability.portable_config(config, target=version)[0]  # fine for that release on
 
 
+@pytest.mark.skipif(environment.parse_version(keras.__version__) < (3, 14),
+                    reason="BatchNormalization(renorm=...) needs Keras 3.14")
 def test_save_refuses_a_newer_feature_and_keeps_the_previous_file(tmp_path):
     path = tmp_path / "m.keras"
     artifacts.save_model(small_model(), path)
@@ -107,6 +139,9 @@ def test_save_refuses_a_newer_feature_and_keeps_the_previous_file(tmp_path):
     assert path.read_bytes() == before and os.listdir(tmp_path) == ["m.keras"]
     artifacts.save_model(small_model(renorm=True), path, portable=False)
     assert layer_configs(config_of(path), "BatchNormalization")[0]["renorm"] is True
+    # what an older Keras is told: the feature in use, not the arguments left out on reading
+    assert portability.required_keras(path, "3.10.0") == ("3.14", "BatchNormalization(renorm=True)")
+    assert portability.required_keras(path, keras.__version__) == (None, None)
 
 
 def test_save_refuses_a_class_of_its_own(tmp_path):
