@@ -17,7 +17,8 @@ LOCK = $(UV) pip compile --quiet --prerelease disallow --custom-compile-command 
 $(STAMP): requirements.lock pyproject.toml
 	python3 -m venv $(VENV)
 	$(PYTHON) -m pip install -q --upgrade pip
-	$(PYTHON) -m pip install -q -r requirements.lock
+	@# PYTHONWARNINGS: setuptools warns about every editable install in a box of asterisks
+	PYTHONWARNINGS=ignore $(PYTHON) -m pip install -q -r requirements.lock
 	touch $(STAMP)
 
 run: $(STAMP)
