@@ -89,7 +89,10 @@ def predict_raw(model, x, batch_size=500, description="predict"):
     """``model``'s outputs for ``x`` as it computes them (no bfloat16 copy, no check); no
     progress bar when ``description`` is None."""
     outputs, start = [], 0
-    with tqdm(total=len(x), desc=description, unit="img", disable=description is None or len(x) == 0) as bar:
+    # Forced off only when there is nothing to show; otherwise tqdm's own settings apply
+    # ($TQDM_DISABLE, which the run command sets for its notebooks' kernels).
+    quiet = {"disable": True} if description is None or len(x) == 0 else {}
+    with tqdm(total=len(x), desc=description, unit="img", **quiet) as bar:
         while start < len(x):
             batch = x[start:start + batch_size]
             try:

@@ -2,6 +2,7 @@
 PyTorch's out-of-memory errors (injected here), and any other error is raised at once."""
 
 import importlib.util
+import os
 
 import numpy as np
 import pytest
@@ -82,3 +83,20 @@ def test_out_of_memory_at_batch_one_is_raised_not_looped():
     with pytest.raises(XlaRuntimeError):
         inference.predict_in_batches(model, np.zeros((5, 32, 32, 3), np.uint8), batch_size=8)
     assert model.calls == [5, 4, 2, 1]
+
+
+def test_progress_bars_follow_tqdm_disable_as_in_the_run_commands_kernels(tmp_path):
+    """The run command turns progress bars off in its kernels ($TQDM_DISABLE): predictions
+    must not force them back on, or every executed copy fills with progress lines."""
+    import subprocess
+    import sys
+
+    script = ("import numpy as np, keras\n"
+              "from cifar100cnn import inference\n"
+              "model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])\n"
+              "inference.predict_raw(model, np.zeros((6, 4), 'float32'), 3, 'predict')\n")
+    env = dict(os.environ, TQDM_DISABLE="1")
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True,
+                          cwd=tmp_path, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "predict:" not in done.stderr and "img/s" not in done.stderr
