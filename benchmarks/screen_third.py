@@ -33,13 +33,9 @@ NEW = dict(arch="fast", widths=(96, 192, 384), whiten=True, activation="relu", e
            label_smoothing=0.2, augmentation="tuned", warmup=0.15)
 
 
-# The shipped tuned recipe, and corruption augmentations (augment.RandomCorruption) screened
-# for robustness: probabilities of noise, blur and contrast changes per training image.
+# The shipped tuned recipe; "+corruption=<preset of augment.CORRUPTIONS>" and "+whiten_eps=..."
+# screen it for robustness.
 TUNED = dict(NEW, widths=(128, 256, 512), epochs=16, learning_rate=1.2, weight_decay=0.01)
-CORRUPTIONS = {"noise": dict(noise=0.5), "noise25": dict(noise=0.25),
-               "mixed": dict(noise=0.5, blur=0.3, contrast=0.3),
-               "mixed_light": dict(noise=0.3, blur=0.2, contrast=0.2),
-               "mixed_heavy": dict(noise=0.6, blur=0.4, contrast=0.4)}
 
 
 def candidates():
@@ -96,7 +92,7 @@ def run(name, c, d, seed=0):
     inputs = keras.Input(shape=(32, 32, 3))
     x = augmentation(inputs)
     if c.get("corruption"):
-        x = augment.RandomCorruption(**CORRUPTIONS[c["corruption"]], seed=seed, dtype="float32")(x)
+        x = augment.build_corruption(c["corruption"], seed=seed)(x)
     trainee = keras.Model(inputs, model(x))
     steps = -(-len(d["x_train"]) // c["batch_size"])
     compile_model(trainee, as_recipe(c), steps)

@@ -255,8 +255,9 @@ def pipeline_augmentation(kind, seed, augment_on):
     return build_augmentation(kind, seed)
 
 
-def model_to_train(model, kind, seed, augment_on):
-    """``model``, preceded by augmentation ``kind`` when that runs in the model.
+def model_to_train(model, kind, seed, augment_on, corruption=None):
+    """``model``, preceded by augmentation ``kind`` when that runs in the model, and by the
+    corruption preset ``corruption`` (always in the model: element-wise and cheap).
 
     Call it under the strategy that built ``model``.
 
@@ -265,14 +266,20 @@ def model_to_train(model, kind, seed, augment_on):
         kind: a preset of ``AUGMENTATIONS`` or None.
         seed: the augmentation's random seed.
         augment_on: "auto", "pipeline" or "model": see ``augment_in_model``.
+        corruption: a preset of ``CORRUPTIONS`` or None (default).
 
     Returns:
         ``model`` itself, or ``with_augmentation(model, ...)`` with an XLA-compilable
-        ``RandomAffine`` in front.
+        ``RandomAffine`` and/or a ``RandomCorruption`` in front (in that order).
     """
-    if kind is None or not augment_in_model(augment_on):
+    steps = []
+    if kind is not None and augment_in_model(augment_on):
+        steps.append(build_augmentation(kind, seed, xla=True))
+    if corruption is not None:
+        steps.append(build_corruption(corruption, seed))
+    if not steps:
         return model
-    return with_augmentation(model, build_augmentation(kind, seed, xla=True))
+    return with_augmentation(model, steps[0] if len(steps) == 1 else keras.Sequential(steps))
 
 
 # ---------------------------------------------------------------------------
@@ -336,3 +343,29 @@ class RandomCorruption(layers.Layer):
         return {**super().get_config(), "noise": self.noise, "noise_std": self.noise_std,
                 "blur": self.blur, "contrast": self.contrast, "contrast_low": self.contrast_low,
                 "seed": self.seed}
+
+
+# Presets of corruption augmentation: the probability that a training image gets each change
+# (benchmarks/screen_third.py screens them; docs/recipes/robustness.md shows what each did).
+CORRUPTIONS = {
+    "noise": dict(noise=0.5),
+    "noise25": dict(noise=0.25),
+    "mixed": dict(noise=0.5, blur=0.3, contrast=0.3),
+    "mixed_light": dict(noise=0.3, blur=0.2, contrast=0.2),
+    "mixed_heavy": dict(noise=0.6, blur=0.4, contrast=0.4),
+}
+
+
+def build_corruption(kind, seed=0):
+    """The ``RandomCorruption`` of preset ``kind`` (a key of ``CORRUPTIONS``), float32.
+
+    Args:
+        kind: a preset of ``CORRUPTIONS``.
+        seed: its random seed (default 0).
+
+    Returns:
+        A ``RandomCorruption`` layer.
+    """
+    if kind not in CORRUPTIONS:
+        raise ValueError(f"unknown corruption {kind!r}; expected None or one of {list(CORRUPTIONS)}")
+    return RandomCorruption(**CORRUPTIONS[kind], seed=seed, name=f"corrupt_{kind}", dtype="float32")

@@ -25,7 +25,7 @@ LOGIT_SCALE = 1 / 9  # factor on the logits before the softmax
 BN_MOMENTUM = 0.9  # batch norm's moving-average momentum (Keras' default: 0.99)
 BN_EPSILON = 1e-5
 WHITEN_PATCH = 2  # side in pixels of the frozen whitening convolution
-WHITEN_EPS = 5e-4  # added to the patch covariance's eigenvalues
+WHITEN_EPS = Recipe.whiten_eps  # added to the patch covariance's eigenvalues (a recipe may change it)
 WHITEN_FILTERS = 2 * WHITEN_PATCH ** 2 * 3  # each eigenvector and its negative
 
 
@@ -245,7 +245,7 @@ def build_third_tuned(widths=THIRD_TUNED.widths, whitening=None, activation="rel
 
 # The recipe fields each model's architecture reads; the others must keep their defaults.
 ARCHITECTURE_FIELDS = {"baseline": (), "overfit": (), "third_original": ("dropout",),
-                       "third_tuned": ("widths", "dropout"), "third_resnet9": ("width", "dropout")}
+                       "third_tuned": ("widths", "dropout", "whiten_eps"), "third_resnet9": ("width", "dropout")}
 _DEFAULTS = {field.name: field.default for field in dataclasses.fields(Recipe)}
 
 
@@ -271,14 +271,14 @@ def build(name, recipe=None, whitening_images=None, whitening=None):
         raise ValueError(f"unknown model {name!r}; expected one of {list(ARCHITECTURE_FIELDS)} "
                          "(VGG16: transfer.build_vgg16)")
     recipe = RECIPES[name] if recipe is None else recipe
-    unread = [field for field in ("widths", "width", "dropout")
+    unread = [field for field in ("widths", "width", "dropout", "whiten_eps")
               if field not in ARCHITECTURE_FIELDS[name] and getattr(recipe, field) != _DEFAULTS[field]]
     if unread:
         raise ValueError(f"the {name} model has no use for the recipe's {unread}; leave them "
                          f"out (sizes it reads: {list(ARCHITECTURE_FIELDS[name]) or 'none'}).")
     if name == "third_tuned":
         if whitening is None and whitening_images is not None:
-            whitening = whitening_kernel(whitening_images)
+            whitening = whitening_kernel(whitening_images, eps=recipe.whiten_eps)
         return build_third_tuned(tuple(recipe.widths), whitening, dropout=recipe.dropout)
     if name == "third_resnet9":
         return build_resnet9(recipe.width, recipe.dropout)

@@ -23,6 +23,7 @@ class Recipe:
     optimizer: str  # "rmsprop" (constant rate) or "sgd" (Nesterov, warm-up then cosine decay)
     learning_rate: float  # rmsprop's rate; sgd's peak rate
     augmentation: str | None = None  # a preset of augment.AUGMENTATIONS; None: no augmentation
+    corruption: str | None = None  # a preset of augment.CORRUPTIONS (noise etc. in training); None: none
     early_stopping: int | None = None  # epochs without a better val_accuracy before stopping; None: never
     steps_per_execution: int = 1  # batches per call into TensorFlow (pays off for tiny steps)
     momentum: float = 0.0  # sgd's Nesterov momentum
@@ -31,6 +32,7 @@ class Recipe:
     ema_momentum: float | None = None  # sgd: moving average of the weights; None: off
     label_smoothing: float = 0.0  # label smoothing of the cross-entropy; 0: plain
     widths: tuple[int, ...] = ()  # third_tuned: channels of its three blocks
+    whiten_eps: float = 5e-4  # third_tuned: added to the whitening's eigenvalues (larger: less gain on noise)
     width: int = 0  # third_resnet9: channels of its first convolution
     dropout: float = 0.0  # third_original, third_tuned, third_resnet9: rate of its Dropout layer
     input_size: int = 32  # vgg16: side in pixels of the images the base sees (upscaled if > 32)

@@ -579,7 +579,7 @@ def fit_on_images(build, data, recipe, work_dir, seed=0, augment_on="auto", stra
     val_ds = make_batches(data.x_val, data.y_val, recipe.batch_size)
     with (strategy or current_strategy()).scope():
         model = build()
-        trainee = model_to_train(model, kind, seed, augment_on)
+        trainee = model_to_train(model, kind, seed, augment_on, recipe.corruption)
         history = fit(trainee, train_ds, val_ds, recipe, work_dir, verbose,
                       jit_compile=jit_compile, callbacks=callbacks)
     return model, history
