@@ -60,6 +60,16 @@ def set_seed(seed=0):
         tf_runtime().enable_determinism()
 
 
+def out_of_memory(error):
+    """Whether ``error`` is a device running out of memory, on any backend: TensorFlow's
+    ``ResourceExhaustedError``, PyTorch's ``OutOfMemoryError`` (CUDA or other devices), or a
+    runtime error of XLA (JAX) whose status is ``RESOURCE_EXHAUSTED``."""
+    names = {cls.__name__ for cls in type(error).__mro__}
+    if names & {"ResourceExhaustedError", "OutOfMemoryError"}:
+        return True
+    return isinstance(error, RuntimeError) and "RESOURCE_EXHAUSTED" in str(error)
+
+
 def cpu_flags(path="/proc/cpuinfo"):
     """The CPU's feature flags.
 

@@ -12,6 +12,8 @@ import weakref
 import numpy as np
 from tqdm.auto import tqdm
 
+from .hardware import out_of_memory
+
 PRECISIONS = ("float32", "bfloat16")
 # bfloat16 keeps 8 significant bits. On the CIFAR-100 test set the gaps in log-probability
 # that decide top-1 and top-5 moved by at most 0.45 between bfloat16 and float32 for the tuned
@@ -21,17 +23,6 @@ PRECISIONS = ("float32", "bfloat16")
 VERIFY_MARGIN = 1.2
 TOP_K = (1, 5)
 _bf16_copies = weakref.WeakKeyDictionary()
-
-
-def is_out_of_memory(error):
-    """Whether ``error`` is an accelerator running out of memory, on any backend:
-    TensorFlow's ``ResourceExhaustedError``, a JAX/XLA runtime error reporting
-    ``RESOURCE_EXHAUSTED``, or PyTorch's ``OutOfMemoryError`` (CUDA or other devices)."""
-    names = {cls.__name__ for cls in type(error).__mro__}
-    if "ResourceExhaustedError" in names or "OutOfMemoryError" in names:
-        return True
-    xla_runtime = names & {"XlaRuntimeError", "JaxRuntimeError"}
-    return bool(xla_runtime) and "RESOURCE_EXHAUSTED" in str(error)
 
 
 def cpu_has_native_bf16(cpuinfo="/proc/cpuinfo"):
@@ -98,7 +89,7 @@ def predict_raw(model, x, batch_size=500, description="predict"):
             try:
                 outputs.append(np.asarray(_infer(model, batch), dtype=np.float32))
             except Exception as error:
-                if not is_out_of_memory(error) or batch_size == 1:
+                if not out_of_memory(error) or batch_size == 1:
                     raise
                 batch_size = max(1, batch_size // 2)
                 print(f"Out of memory; retrying with batches of {batch_size}.")

@@ -14,7 +14,7 @@ import keras
 
 from . import artifacts
 from .augment import augment_in_model, model_to_train, pipeline_augmentation
-from .hardware import (TF_ONLY, backend, current_strategy, gpu_names, precision_policy,
+from .hardware import (TF_ONLY, backend, current_strategy, gpu_names, out_of_memory, precision_policy,
                        replicas, resolve_precision, set_seed, set_up_hardware, tf_runtime)
 from .inputs import batch_count, make_batches
 from .optimization import compile_model
@@ -488,15 +488,6 @@ def startup_failure(error):
 
 def _class_names(error):
     return {cls.__name__ for cls in type(error).__mro__}
-
-
-def out_of_memory(error):
-    """Whether ``error`` says a device ran out of memory, on any backend: TensorFlow's
-    ``ResourceExhaustedError``, XLA's (JAX's) "RESOURCE_EXHAUSTED", PyTorch's
-    ``OutOfMemoryError``."""
-    names = _class_names(error)
-    return bool(names & {"ResourceExhaustedError", "OutOfMemoryError"}) or \
-        "RESOURCE_EXHAUSTED" in str(error)
 
 
 _PREAMBLE = re.compile(r"Graph execution error|Detected at node|<stack traces unavailable>|"

@@ -76,7 +76,7 @@ def test_step_watch_counts_steps_that_ran_without_a_batch_end_hook():
 ])
 def test_startup_failures_are_told_from_out_of_memory_on_any_backend(error, expected):
     assert training.startup_failure(error) is expected
-    assert training.out_of_memory(error) is (not expected and not isinstance(error, ValueError))
+    assert hardware.out_of_memory(error) is (not expected and not isinstance(error, ValueError))
 
 
 def test_the_setup_carries_the_precision_and_the_global_policy_stays():

@@ -7,7 +7,7 @@ import os
 import numpy as np
 import pytest
 
-from cifar100cnn import inference
+from cifar100cnn import hardware, inference
 
 
 class XlaRuntimeError(RuntimeError):
@@ -59,7 +59,7 @@ def test_out_of_memory_halves_the_batch_on_every_backend(backend, capsys):
     make, module = ERRORS[backend]
     if module and importlib.util.find_spec(module) is None:
         pytest.skip(f"{module} is not installed here")
-    assert inference.is_out_of_memory(make())
+    assert hardware.out_of_memory(make())
     x = np.random.default_rng(0).integers(0, 256, (100, 32, 32, 3), dtype=np.uint8)
     model = Limited(make, limit=30)
     out = inference.predict_in_batches(model, x, batch_size=100)
@@ -68,11 +68,12 @@ def test_out_of_memory_halves_the_batch_on_every_backend(backend, capsys):
     assert "Out of memory; retrying with batches of 25" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("error", [ValueError("bad shape"), RuntimeError("RESOURCE_EXHAUSTED"),
-                                   XlaRuntimeError("INVALID_ARGUMENT: wrong rank"), MemoryError()])
+@pytest.mark.parametrize("error", [ValueError("bad shape"), RuntimeError("INTERNAL: no kernel"),
+                                   XlaRuntimeError("INVALID_ARGUMENT: wrong rank"), MemoryError(),
+                                   ValueError("RESOURCE_EXHAUSTED in a user's message")])
 def test_other_errors_are_raised_at_once(error):
     model = Limited(lambda: error, limit=0)
-    assert not inference.is_out_of_memory(error)
+    assert not hardware.out_of_memory(error)
     with pytest.raises(type(error)):
         inference.predict_in_batches(model, np.zeros((8, 32, 32, 3), np.uint8), batch_size=8)
     assert model.calls == [8]
