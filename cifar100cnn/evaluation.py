@@ -111,8 +111,13 @@ def superclass_accuracy(y_true, proba, fine_to_coarse):
 
 def reliability_bins(y_true, proba, n_bins=15):
     """Per confidence bin (equal widths on [0, 1]): mean confidence, accuracy, count."""
-    confidence = proba.max(axis=1).astype(np.float64)
-    correct = (proba.argmax(axis=1) == y_true).astype(np.float64)
+    return confidence_bins(proba.max(axis=1), proba.argmax(axis=1) == y_true, n_bins)
+
+
+def confidence_bins(confidence, correct, n_bins=15):
+    """``reliability_bins`` from each prediction's confidence and whether it was right."""
+    confidence = np.asarray(confidence, np.float64)
+    correct = np.asarray(correct, np.float64)
     bins = np.clip(np.ceil(confidence * n_bins).astype(int) - 1, 0, n_bins - 1)
     counts = np.bincount(bins, minlength=n_bins)
     safe = np.maximum(counts, 1)
@@ -121,10 +126,14 @@ def reliability_bins(y_true, proba, n_bins=15):
     return mean_confidence, accuracy, counts
 
 
+def binned_calibration_error(mean_confidence, accuracy, counts):
+    """The count-weighted mean of |accuracy - confidence| over bins (``reliability_bins``)."""
+    return float(np.sum(counts * np.abs(accuracy - mean_confidence)) / counts.sum())
+
+
 def expected_calibration_error(y_true, proba, n_bins=15):
     """ECE: the count-weighted mean of |accuracy - confidence| over confidence bins."""
-    mean_confidence, accuracy, counts = reliability_bins(y_true, proba, n_bins)
-    return float(np.sum(counts * np.abs(accuracy - mean_confidence)) / counts.sum())
+    return binned_calibration_error(*reliability_bins(y_true, proba, n_bins))
 
 
 def evaluate(name, y_true, proba, fine_to_coarse, params=None, images_per_s=None):

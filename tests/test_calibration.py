@@ -45,10 +45,37 @@ def test_negative_log_likelihood_hand_computed():
         -(np.log(0.5) + np.log(0.75)) / 2)
 
 
+@pytest.mark.parametrize("objective", ["ece", "nll"])
 @pytest.mark.parametrize("sharpen", [0.5, 2.5])
-def test_the_fitted_temperature_undoes_a_known_miscalibration(sharpen):
+def test_the_fitted_temperature_undoes_a_known_miscalibration(sharpen, objective):
     labels, proba = overconfident(20_000, sharpen, seed=1)
-    assert calibration.fit_temperature(labels, proba) == pytest.approx(sharpen, rel=0.05)
+    assert calibration.fit_temperature(labels, proba, objective) == pytest.approx(sharpen, rel=0.05)
+
+
+def smoothed(n, seed, classes=20, smoothing=0.3):
+    """Labels drawn from a mixture of softmax(z) and the uniform distribution, and a model
+    that reports softmax(z): too sure of its easy images, as label smoothing's opposite;
+    no temperature fits every confidence level, so the two objectives disagree."""
+    rng = np.random.default_rng(seed)
+    logits = rng.normal(scale=3.0, size=(n, classes))
+    truth = (1 - smoothing) * softmax(logits) + smoothing / classes
+    labels = np.array([rng.choice(classes, p=row) for row in truth])
+    return labels, softmax(logits).astype(np.float32)
+
+
+def test_the_ece_objective_gives_a_lower_ece_on_other_images_than_the_nll():
+    y_val, p_val = smoothed(10_000, seed=7)
+    y_test, p_test = smoothed(10_000, seed=8)
+    by_ece = calibration.fit_temperature(y_val, p_val, "ece")
+    by_nll = calibration.fit_temperature(y_val, p_val, "nll")
+    ece = {t: evaluation.expected_calibration_error(y_test, calibration.scale(p_test, t)) for t in (by_ece, by_nll)}
+    assert ece[by_ece] < ece[by_nll] - 0.01
+    assert calibration.fit_temperature(y_val, p_val) == by_ece  # the default
+
+
+def test_an_unknown_objective_is_refused():
+    with pytest.raises(ValueError, match="objective"):
+        calibration.fit_temperature(np.array([0]), np.array([[1.0, 0.0]]), "brier")
 
 
 def test_temperature_comes_from_validation_only_and_lowers_test_ece():
