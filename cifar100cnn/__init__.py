@@ -13,5 +13,9 @@ __version__ = "0.1.0"
 # (TensorFlow only when it is the backend) is missing or older than the package needs (e.g. an
 # older Keras preinstalled on Colab); see environment.py.
 from .environment import check_versions as _check_versions  # noqa: E402
+from .environment import prefer_onednn as _prefer_onednn  # noqa: E402
 
 _check_versions()
+# TensorFlow's fast CPU kernels on every x86-64 CPU, not only the newest (set before TensorFlow
+# is imported; a TF_ENABLE_ONEDNN_OPTS of the user's wins).
+_prefer_onednn()

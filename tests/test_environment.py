@@ -4,6 +4,7 @@ Keras (.ci/floors runs this file with the lowest versions requirements.txt allow
 
 import glob
 import importlib.metadata
+import importlib.util
 import os
 import re
 import sys
@@ -240,3 +241,39 @@ def test_a_jupyter_kernel_starts_and_runs_a_cell():
     finally:
         client.stop_channels()
         manager.shutdown_kernel(now=True)
+
+
+@pytest.mark.parametrize("machine", ["x86_64", "AMD64"])
+def test_onednn_is_asked_for_on_x86_64(machine):
+    environ = {}
+    assert environment.prefer_onednn(environ, machine, modules={})
+    assert environ == {"TF_ENABLE_ONEDNN_OPTS": "1"}
+
+
+@pytest.mark.parametrize("environ, machine, modules", [
+    ({"TF_ENABLE_ONEDNN_OPTS": "0"}, "x86_64", {}),  # the user's choice wins
+    ({}, "aarch64", {}),  # Arm: TensorFlow's own default
+    ({}, "x86_64", {"tensorflow": types.ModuleType("tensorflow")}),  # too late to matter
+])
+def test_onednn_is_left_alone(environ, machine, modules):
+    before = dict(environ)
+    assert not environment.prefer_onednn(environ, machine, modules)
+    assert environ == before
+
+
+@pytest.mark.skipif(importlib.util.find_spec("tensorflow") is None, reason="TensorFlow not installed")
+def test_importing_the_package_first_turns_tensorflows_onednn_on():
+    import platform
+    import subprocess
+
+    if platform.machine().lower() not in environment.X86_64:
+        pytest.skip("oneDNN is asked for on x86-64 only")
+    code = ("import cifar100cnn, tensorflow\n"
+            "from tensorflow.python.util import _pywrap_util_port as port\n"
+            "print(port.IsMklEnabled())")
+    env = {k: v for k, v in os.environ.items() if k != "TF_ENABLE_ONEDNN_OPTS"}
+    env["TF_CPP_MIN_LOG_LEVEL"] = "3"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                          cwd=ROOT, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().splitlines()[-1] == "True"
