@@ -17,7 +17,7 @@ import numpy as np
 from . import evaluation
 
 LOG_T_BOUNDS = (-3.0, 3.0)  # T from about 0.05 to 20
-ECE_GRID_STEP = 0.01  # in log T: 1 % apart; the fine grid around the best point is 50 times finer
+ECE_GRID_STEP = 0.05  # in log T: 5 % apart; then 201 points within one step of the best, 100 times finer
 _TINY = 1e-12
 
 
@@ -68,7 +68,7 @@ def fit_temperature(y_val, proba_val, objective="ece", n_bins=15):
     low, high = LOG_T_BOUNDS
     coarse = np.linspace(low, high, int(round((high - low) / ECE_GRID_STEP)) + 1)
     best = coarse[np.argmin([ece(log_t) for log_t in coarse])]
-    fine = np.linspace(max(low, best - ECE_GRID_STEP), min(high, best + ECE_GRID_STEP), 101)
+    fine = np.linspace(max(low, best - ECE_GRID_STEP), min(high, best + ECE_GRID_STEP), 201)
     return float(np.exp(fine[np.argmin([ece(log_t) for log_t in fine])]))
 
 

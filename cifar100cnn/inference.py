@@ -12,7 +12,7 @@ import weakref
 import numpy as np
 from tqdm.auto import tqdm
 
-from .hardware import out_of_memory
+from . import hardware
 
 PRECISIONS = ("float32", "bfloat16")
 # bfloat16 keeps 8 significant bits. On the CIFAR-100 test set the gaps in log-probability
@@ -25,27 +25,13 @@ TOP_K = (1, 5)
 _bf16_copies = weakref.WeakKeyDictionary()
 
 
-def cpu_has_native_bf16(cpuinfo="/proc/cpuinfo"):
-    """True when the CPU flags list AMX-BF16 or AVX512-BF16 (Linux; False elsewhere)."""
-    try:
-        with open(cpuinfo) as handle:
-            flags = next((line.split(":", 1)[1].split() for line in handle
-                          if line.startswith("flags")), [])
-    except OSError:
-        return False
-    return "amx_bf16" in flags or "avx512_bf16" in flags
-
-
 def default_precision():
-    """"bfloat16" on a CPU-only TensorFlow machine whose CPU has native bfloat16 (its
-    oneDNN kernels use it; several times float32's speed there), else "float32"."""
-    import keras
-
-    if keras.backend.backend() != "tensorflow" or not cpu_has_native_bf16():
+    """"bfloat16" on a CPU-only TensorFlow machine whose CPU has native bfloat16
+    (``hardware.BF16_CPU_FLAGS``: its oneDNN kernels use it, several times float32's speed
+    there), else "float32"."""
+    if hardware.backend() != "tensorflow" or not hardware.cpu_flags() & set(hardware.BF16_CPU_FLAGS):
         return "float32"
-    import tensorflow as tf
-
-    return "float32" if tf.config.list_physical_devices("GPU") else "bfloat16"
+    return "float32" if hardware.gpu_names() else "bfloat16"
 
 
 def bfloat16_copy(model):
@@ -89,7 +75,7 @@ def predict_raw(model, x, batch_size=500, description="predict"):
             try:
                 outputs.append(np.asarray(_infer(model, batch), dtype=np.float32))
             except Exception as error:
-                if not out_of_memory(error) or batch_size == 1:
+                if not hardware.out_of_memory(error) or batch_size == 1:
                     raise
                 batch_size = max(1, batch_size // 2)
                 print(f"Out of memory; retrying with batches of {batch_size}.")

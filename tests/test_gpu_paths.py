@@ -114,6 +114,20 @@ def test_set_up_hardware_auto_picks_bf16_on_a_bf16_cpu_without_a_global_policy(m
     assert keras.mixed_precision.global_policy().name == "float32"
 
 
+@pytest.mark.parametrize("flags, gpus, expected", [
+    ({"avx512_bf16"}, [], "bfloat16"),
+    ({"amx_bf16"}, [], "bfloat16"),
+    ({"avx2", "fma"}, [], "float32"),
+    ({"amx_bf16"}, ["GPU:0"], "float32"),  # a GPU predicts the whole set in float32
+])
+def test_inference_predicts_in_bf16_where_training_would(monkeypatch, flags, gpus, expected):
+    from cifar100cnn import inference
+
+    monkeypatch.setattr(hardware, "cpu_flags", lambda path="/proc/cpuinfo": flags)
+    monkeypatch.setattr(hardware, "gpu_names", lambda: gpus)
+    assert inference.resolve_precision("auto") == expected
+
+
 def test_auto_precision_under_jax_is_bf16_on_gpus_and_float32_on_cpus():
     assert hardware.auto_precision(["H200"], {"amx_bf16"}, "jax") == "mixed_bfloat16"
     assert hardware.auto_precision([], {"amx_bf16"}, "jax") == "float32"
