@@ -30,7 +30,9 @@ def _sha256(path):
 
 
 def machine():
-    """The CPU's model name and core count, and the GPUs' names when TensorFlow sees any."""
+    """The CPU's model name and core count, and the names of the GPUs the backend sees."""
+    from .hardware import gpu_names
+
     cpu = platform.processor() or platform.machine()
     try:
         with open("/proc/cpuinfo") as handle:
@@ -38,17 +40,8 @@ def machine():
                        if line.startswith("model name"))
     except (OSError, StopIteration):
         pass
-    text = f"{cpu}, {os.cpu_count()} cores"
-    try:
-        import tensorflow as tf
-
-        gpus = tf.config.list_physical_devices("GPU")
-        names = [tf.config.experimental.get_device_details(g).get("device_name", g.name) for g in gpus]
-        if names:
-            text += "; " + ", ".join(names)
-    except ImportError:
-        pass
-    return text
+    gpus = gpu_names()
+    return f"{cpu}, {os.cpu_count()} cores" + ("; " + ", ".join(gpus) if gpus else "")
 
 
 def save(name, models_dir, setup_description, now=None):

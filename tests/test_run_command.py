@@ -273,3 +273,12 @@ def test_every_committed_model_has_a_record_of_its_history():
     for name in MODEL_FILES:
         if os.path.exists(runner.model_files(name, models)[0]):
             assert training_record.load(name, models) is not None, name
+
+
+def test_the_training_record_names_the_gpus_the_backend_sees(monkeypatch):
+    from cifar100cnn import hardware
+
+    monkeypatch.setattr(hardware, "gpu_names", lambda: ["NVIDIA H200"])
+    assert training_record.machine().endswith(f"{os.cpu_count()} cores; NVIDIA H200")
+    monkeypatch.setattr(hardware, "gpu_names", lambda: [])
+    assert training_record.machine().endswith(f"{os.cpu_count()} cores")
