@@ -39,10 +39,10 @@ class BatchClock(keras.callbacks.Callback):
         self.steps.append(time.perf_counter() - self.begun)
 
 
-def build(name, x):
+def build(name, x_train):
     recipe = recipes.RECIPES[name]
     if name == "third_tuned":
-        return recipe, models.build_third_tuned(recipe.widths, models.whitening_kernel(x))
+        return recipe, models.build_third_tuned(recipe.widths, models.whitening_kernel(x_train))
     return recipe, models.build_resnet9(recipe.width, recipe.dropout)
 
 

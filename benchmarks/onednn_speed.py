@@ -31,17 +31,17 @@ def measure(steps):
     from cifar100cnn import data, models, recipes
     from cifar100cnn.optimization import compile_model
 
-    x, y = data.make_synthetic(2048, 16, seed=0)[0]
+    x_train, y_train = data.make_synthetic(2048, 16, seed=0)[0]
     recipe = recipes.THIRD_TUNED
-    model = models.build_third_tuned(recipe.widths, models.whitening_kernel(x))
+    model = models.build_third_tuned(recipe.widths, models.whitening_kernel(x_train))
     compile_model(model, recipe, 79, jit_compile=False)
-    images, labels = x[:recipe.batch_size].astype("float32"), y[:recipe.batch_size]
+    images, labels = x_train[:recipe.batch_size].astype("float32"), y_train[:recipe.batch_size]
     model.train_on_batch(images, labels)  # warm-up: tracing, kernel set-up
     start = time.perf_counter()
     for _ in range(steps):
         model.train_on_batch(images, labels)
     train = steps * recipe.batch_size / (time.perf_counter() - start)
-    val = x[:2000].astype("float32")
+    val = x_train[:2000].astype("float32")
     model.predict_on_batch(val[:500])
     start = time.perf_counter()
     for i in range(0, len(val), 500):
