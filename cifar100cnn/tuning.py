@@ -7,7 +7,7 @@ import os
 import keras_tuner
 
 from . import artifacts
-from .augment import build_augmentation
+from .augment import model_to_train, pipeline_augmentation
 from .hardware import precision_policy, set_seed
 from .inputs import make_batches
 from .models import build, whitening_kernel
@@ -59,13 +59,16 @@ def best_recipe(values, epochs=None):
     return candidate_recipe(hp, (values.get("width", WIDTHS[0]),), epochs)
 
 
-def build_candidate(hp, train_size=1, epochs=1, whitening=None, widths=WIDTHS):
+def build_candidate(hp, train_size=1, epochs=1, whitening=None, widths=WIDTHS, seed=0):
     """One model of the search space (``candidate_recipe``), compiled for ``train_size``
     training images: its learning-rate schedule spans ``epochs`` epochs at the candidate's
-    own batch size. XLA as ``training.use_jit("auto")`` decides."""
+    own batch size. Its augmentation is inside it where training would put it there
+    (``augment.model_to_train``: on a GPU, and on every backend but TensorFlow, which has no
+    tf.data); XLA as ``training.use_jit("auto")`` decides."""
     recipe = candidate_recipe(hp, widths, epochs)
     name = f"third_{hp.get('preset')}"
-    model = build(name, recipe, whitening=whitening)
+    model = model_to_train(build(name, recipe, whitening=whitening), hp.get("preset"), seed,
+                           "auto", recipe.corruption)
     steps_per_epoch = -(-train_size // recipe.batch_size)
     return compile_model(model, recipe, steps_per_epoch, jit_compile=use_jit("auto"))
 
@@ -91,10 +94,10 @@ class ThirdModelHypermodel(keras_tuner.HyperModel):
 
     def build(self, hp):
         return build_candidate(hp, self.train_size, self.max_epochs, self.whitening,
-                               self.widths)
+                               self.widths, self.seed)
 
     def fit(self, hp, model, data, **kwargs):
-        augment = build_augmentation(hp.get("preset"), seed=self.seed)
+        augment = pipeline_augmentation(hp.get("preset"), self.seed, "auto")  # None: in the model
         batch_size = candidate_recipe(hp, self.widths).batch_size
         train_ds = make_batches(data.x_train, data.y_train, batch_size, shuffle=True,
                                 augment=augment, seed=self.seed)

@@ -94,3 +94,26 @@ def test_best_values_give_the_recipe_trained_after_the_search():
     assert recipe == recipes.recipe("third_tuned", epochs=3, widths=(96, 192, 384),
                                     learning_rate=0.5, weight_decay=5e-3, label_smoothing=0.1)
     assert tuning.best_recipe({"preset": "original"}) == recipes.THIRD_ORIGINAL
+
+
+@pytest.mark.parametrize("in_model", [False, True])  # a CPU under TensorFlow; a GPU, or JAX/PyTorch
+def test_candidates_augment_where_training_would(search_hypermodel, monkeypatch, in_model):
+    from cifar100cnn import augment
+
+    hypermodel, dataset = search_hypermodel(max_epochs=2)
+    monkeypatch.setattr(augment, "augment_in_model", lambda augment_on="auto": in_model)
+    model = hypermodel.build(_values("tuned"))
+    inner = [layer for layer in model.layers if isinstance(layer, augment.RandomAffine)]
+    assert len(inner) == int(in_model)
+    fed = []
+    monkeypatch.setattr(tuning, "make_batches",
+                        lambda x, y, batch_size, augment=None, **kwargs: fed.append(augment))
+
+    class Model:
+        def fit(self, *args, **kwargs):
+            return kwargs
+
+    hypermodel.fit(_values("tuned"), Model(), dataset, epochs=1)
+    assert (fed[0] is None) == in_model and fed[1] is None  # never both, never on validation
+    if not in_model:
+        assert isinstance(fed[0], augment.RandomAffine)
