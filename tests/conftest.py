@@ -11,6 +11,11 @@ import sys
 import numpy as np
 import pytest
 
+# The package first, as the notebooks and the CLI import it: its environment settings (oneDNN on
+# every x86-64 CPU) must reach TensorFlow before any test file starts it, or this process would
+# compute with other kernels than the child processes some tests compare it with.
+import cifar100cnn  # noqa: E402,F401
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 if HERE not in sys.path:  # fake_cifar and fault_injection, also for their child processes
