@@ -1,0 +1,82 @@
+"""What training on corruptions costs per step: the shipped tuned third recipe
+(``recipes.THIRD_TUNED``) against a robust variant (noise on a tenth of the images inside the
+training step, whitening eps 0.01; see docs/recipes/robustness.md), timed side by side in one
+process.
+
+Both are trained as ``training.train_image_model`` trains them on a CPU: the flips and shifts in
+the input pipeline (here applied once beforehand to fixed batches), the corruption inside the
+model (``augment.model_to_train``), no XLA. Each measurement starts from a cleared session after
+one warm-up step; the two recipes take turns, the other one first in every other round, so that
+a shared CPU loads them alike. Synthetic CIFAR-shaped images: the step's cost does not depend on
+what the pixels show.
+
+    python benchmarks/corruption_cost.py [--steps 4] [--rounds 2] [--precision float32]
+"""
+
+import argparse
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+import cifar100cnn  # noqa: E402,F401  (the package's CPU set-up first, as users get it)
+
+N_TRAIN = 40_000
+
+
+def variants():
+    from cifar100cnn import recipes
+
+    return {"shipped (THIRD_TUNED)": recipes.THIRD_TUNED,
+            "noise10, eps 0.01": recipes.recipe("third_tuned", corruption="noise10", whiten_eps=0.01)}
+
+
+def time_steps(recipe, precision, x_train, y_train, steps):
+    """Seconds per training step of ``recipe`` in ``precision``."""
+    import keras
+    import numpy as np
+
+    from cifar100cnn import augment, hardware, models
+    from cifar100cnn.optimization import compile_model
+
+    keras.backend.clear_session()
+    with hardware.precision_policy(precision):
+        model = models.build("third_tuned", recipe, whitening_images=x_train)
+        trainee = augment.model_to_train(model, recipe.augmentation, 0, "pipeline", recipe.corruption)
+        compile_model(trainee, recipe, -(-N_TRAIN // recipe.batch_size), jit_compile=False)
+        shift = augment.build_augmentation(recipe.augmentation, seed=0)
+        b = recipe.batch_size
+        batches = [(np.asarray(shift(x_train[i:i + b].astype("float32"), training=True)), y_train[i:i + b])
+                   for i in range(0, (steps + 1) * b, b)]
+        trainee.train_on_batch(*batches[0])
+        start = time.perf_counter()
+        for images, labels in batches[1:]:
+            trainee.train_on_batch(images, labels)
+        return (time.perf_counter() - start) / steps
+
+
+def main(argv=None):
+    import numpy as np
+
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--steps", type=int, default=4, help="timed training steps per measurement")
+    p.add_argument("--rounds", type=int, default=2, help="measurements per recipe")
+    p.add_argument("--precision", default="float32", help="a Keras dtype policy")
+    args = p.parse_args(argv)
+    rng = np.random.default_rng(0)
+    n = 512 * (args.steps + 1)
+    x = rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8)
+    y = rng.integers(0, 100, n)
+    times = {name: [] for name in variants()}
+    for r in range(args.rounds):
+        order = list(variants().items())
+        for name, recipe in (order if r % 2 == 0 else order[::-1]):
+            times[name].append(time_steps(recipe, args.precision, x, y, args.steps))
+            print(f"round {r + 1}: {name}: {times[name][-1]:.2f} s per step", flush=True)
+    base, robust = (float(np.median(v)) for v in times.values())
+    print(f"RESULT precision={args.precision} step_shipped={base:.3f} step_robust={robust:.3f} "
+          f"ratio={robust / base:.3f}")
+
+
+if __name__ == "__main__":
+    main()
