@@ -74,9 +74,8 @@ def time_recipe(recipe_name, precision, x, y, steps):
     be lost. The model's compute dtype is checked, not assumed.
     """
     import keras
-    import numpy as np
 
-    from cifar100cnn import augment, hardware, recipes
+    from cifar100cnn import hardware, recipes
     from cifar100cnn.optimization import compile_model
 
     keras.backend.clear_session()
@@ -89,15 +88,7 @@ def time_recipe(recipe_name, precision, x, y, steps):
         expected = "bfloat16" if precision == "mixed_bfloat16" else "float32"
         if dtypes != {expected}:
             raise RuntimeError(f"{recipe_name} built for {precision} computes in {sorted(dtypes)}")
-        augmentation = augment.build_augmentation(recipe.augmentation, seed=0)
-        batches = [(np.asarray(augmentation(x[i:i + recipe.batch_size].astype("float32"), training=True)),
-                    y[i:i + recipe.batch_size])
-                   for i in range(0, (steps + 1) * recipe.batch_size, recipe.batch_size)]
-        model.train_on_batch(*batches[0])  # warm-up: tracing, oneDNN set-up
-        start = time.perf_counter()
-        for images, labels in batches[1:steps + 1]:
-            model.train_on_batch(images, labels)
-        step = (time.perf_counter() - start) / steps
+        step = step_seconds(model, recipe, x, y, steps)
         val = x[:1000].astype("float32")
         model.predict_on_batch(val[:500])
         start = time.perf_counter()
@@ -109,6 +100,24 @@ def time_recipe(recipe_name, precision, x, y, steps):
                 steps_seconds=steps_per_epoch * step, val_seconds=N_VAL * per_val_image,
                 epoch_seconds=steps_per_epoch * step + N_VAL * per_val_image,
                 compute_dtype=expected)
+
+
+def step_seconds(trainee, recipe, x, y, steps):
+    """Seconds per ``train_on_batch`` of the compiled ``trainee`` on fixed batches of ``x``, ``y``
+    that the recipe's augmentation made once beforehand, after one warm-up step."""
+    import numpy as np
+
+    from cifar100cnn import augment
+
+    augmentation = augment.build_augmentation(recipe.augmentation, seed=0)
+    b = recipe.batch_size
+    batches = [(np.asarray(augmentation(x[i:i + b].astype("float32"), training=True)), y[i:i + b])
+               for i in range(0, (steps + 1) * b, b)]
+    trainee.train_on_batch(*batches[0])  # warm-up: tracing, oneDNN set-up
+    start = time.perf_counter()
+    for images, labels in batches[1:steps + 1]:
+        trainee.train_on_batch(images, labels)
+    return (time.perf_counter() - start) / steps
 
 
 def time_pipeline(recipe_name, x, y, batches):

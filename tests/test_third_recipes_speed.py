@@ -39,6 +39,16 @@ def test_each_measurement_computes_in_its_precision(small_recipes, precision):
         keras.mixed_precision.set_global_policy("float32")
 
 
+def test_step_timer_trains_the_timed_steps_after_one_warm_up(small_recipes):
+    x, y = small_recipes
+    recipe = recipes.RECIPES["third_tuned"]
+    model = third_recipes.build("third_tuned", x)
+    model.compile(optimizer="sgd", loss="sparse_categorical_crossentropy")
+    seconds = third_recipes.step_seconds(model, recipe, x, y, steps=2)
+    assert seconds > 0
+    assert int(model.optimizer.iterations) == 3
+
+
 @pytest.mark.slow
 def test_speed_report_names_what_it_timed(small_recipes, tmp_path, capsys):
     out = tmp_path / "speed.json"
