@@ -302,6 +302,8 @@ class RandomCorruption(layers.Layer):
     - contrast: the distance to the image's mean scaled by ~ U(``contrast_low``, 1).
 
     Only element-wise maths and one pooling: cheap beside the network, and XLA-compilable.
+    Its ``active`` variable (1: on) lets ``CorruptionOff`` turn it off for the last epochs
+    without rebuilding the compiled training step.
     """
 
     def __init__(self, noise=0.0, noise_std=0.1, blur=0.0, contrast=0.0, contrast_low=0.2,
@@ -311,6 +313,8 @@ class RandomCorruption(layers.Layer):
         self.blur, self.contrast, self.contrast_low = float(blur), float(contrast), float(contrast_low)
         self.seed = seed
         self.seed_generator = keras.random.SeedGenerator(seed)
+        self.active = self.add_weight(shape=(), initializer="ones", trainable=False,
+                                      name="active", dtype="float32")
         self.supports_jit = True
 
     def _strength(self, n, probability, low, high):
@@ -334,7 +338,9 @@ class RandomCorruption(layers.Layer):
         if self.noise:
             std = self._strength(n, self.noise, 0.0, 255.0 * self.noise_std)
             x = x + std * keras.random.normal(ops.shape(x), seed=self.seed_generator)
-        return ops.clip(x, 0.0, 255.0)
+        # Off (active 0) gives back the images exactly: the random draws still run, so the
+        # step's shape and the seed stream do not depend on the switch.
+        return images + self.active * (ops.clip(x, 0.0, 255.0) - images)
 
     def compute_output_shape(self, input_shape):
         return input_shape
@@ -355,6 +361,36 @@ CORRUPTIONS = {
     "mixed_light": dict(noise=0.3, blur=0.2, contrast=0.2),
     "mixed_heavy": dict(noise=0.6, blur=0.4, contrast=0.4),
 }
+
+
+class CorruptionOff(keras.callbacks.Callback):
+    """Turns the ``RandomCorruption`` layers of the trained model off from epoch ``first``
+    (counted from 0) on, and on before it: the last epochs, at a small learning rate, then
+    see clean images only. Set at every epoch's start, so a resumed run gets it right."""
+
+    def __init__(self, first):
+        super().__init__()
+        self.first = int(first)
+
+    def on_epoch_begin(self, epoch, logs=None):
+        for layer in corruption_layers(self.model):
+            layer.active.assign(0.0 if epoch >= self.first else 1.0)
+
+
+def corruption_layers(layer):
+    """The ``RandomCorruption`` layers in ``layer`` and the models nested in it."""
+    if isinstance(layer, RandomCorruption):
+        yield layer
+    for inner in getattr(layer, "layers", ()):
+        yield from corruption_layers(inner)
+
+
+def corruption_callbacks(recipe):
+    """The callbacks the recipe's corruption schedule needs: ``CorruptionOff`` for its last
+    ``clean_epochs``, or none."""
+    if recipe.corruption is None or not recipe.clean_epochs:
+        return []
+    return [CorruptionOff(recipe.epochs - recipe.clean_epochs)]
 
 
 def build_corruption(kind, seed=0):

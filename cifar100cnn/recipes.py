@@ -24,6 +24,7 @@ class Recipe:
     learning_rate: float  # rmsprop's rate; sgd's peak rate
     augmentation: str | None = None  # a preset of augment.AUGMENTATIONS; None: no augmentation
     corruption: str | None = None  # a preset of augment.CORRUPTIONS (noise etc. in training); None: none
+    clean_epochs: int = 0  # the last epochs train without the corruption (0: it runs throughout)
     early_stopping: int | None = None  # epochs without a better val_accuracy before stopping; None: never
     steps_per_execution: int = 1  # batches per call into TensorFlow (pays off for tiny steps)
     momentum: float = 0.0  # sgd's Nesterov momentum
@@ -43,6 +44,10 @@ class Recipe:
             raise ValueError(f"batch_size must be a positive integer, got {self.batch_size!r}")
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"unknown optimizer {self.optimizer!r}; expected one of {OPTIMIZERS}")
+        if (not isinstance(self.clean_epochs, (int, np.integer))
+                or not 0 <= self.clean_epochs < self.epochs):
+            raise ValueError(f"clean_epochs must be an integer from 0 to epochs - 1 "
+                             f"({self.epochs - 1}), got {self.clean_epochs!r}")
 
 
 def check_epochs(epochs):

@@ -13,7 +13,7 @@ import warnings
 import keras
 
 from . import artifacts
-from .augment import augment_in_model, model_to_train, pipeline_augmentation
+from .augment import augment_in_model, corruption_callbacks, model_to_train, pipeline_augmentation
 from .hardware import (TF_ONLY, backend, current_strategy, gpu_names, out_of_memory, precision_policy,
                        replicas, resolve_precision, set_seed, set_up_hardware, tf_runtime)
 from .inputs import batch_count, make_batches
@@ -571,8 +571,8 @@ def fit_on_images(build, data, recipe, work_dir, seed=0, augment_on="auto", stra
     with (strategy or current_strategy()).scope():
         model = build()
         trainee = model_to_train(model, kind, seed, augment_on, recipe.corruption)
-        history = fit(trainee, train_ds, val_ds, recipe, work_dir, verbose,
-                      jit_compile=jit_compile, callbacks=callbacks)
+        history = fit(trainee, train_ds, val_ds, recipe, work_dir, verbose, jit_compile=jit_compile,
+                      callbacks=[*corruption_callbacks(recipe), *callbacks])
     return model, history
 
 

@@ -2,6 +2,8 @@
 the recipe fields that ask for it and for a gentler whitening: each change does what its
 docstring says, and a recipe's ``corruption`` and ``whiten_eps`` reach what is trained."""
 
+import dataclasses
+
 import keras
 import numpy as np
 import pytest
@@ -99,3 +101,52 @@ def test_a_recipes_whitening_eps_reaches_the_whitening_layer():
     assert np.abs(np.asarray(kernel)).max() < 0.5 * np.abs(np.asarray(default)).max()
     with pytest.raises(ValueError, match=r"no use for the recipe's \['whiten_eps'\]"):
         models.build("third_resnet9", recipes.recipe("third_resnet9", whiten_eps=0.05))
+
+
+def _frozen_dense(seed=0):
+    """A model that noise moves visibly (every pixel weighs on every logit)."""
+    keras.utils.set_random_seed(seed)
+    inputs = keras.Input(shape=(32, 32, 3))
+    x = keras.layers.Flatten()(keras.layers.Rescaling(1 / 255)(inputs))
+    init = keras.initializers.RandomNormal(stddev=0.5, seed=seed)
+    return keras.Model(inputs, keras.layers.Dense(100, activation="softmax", kernel_initializer=init)(x))
+
+
+def test_the_last_clean_epochs_train_on_the_images_themselves(tiny_dataset, tmp_path):
+    # Learning rate 0: the weights never move, so each epoch's training loss is that of the
+    # images the training step saw: corrupted for the first two epochs, clean for the last.
+    # Black images give every image logits of 0 (a loss of ln 100); noise scatters them,
+    # which raises the mean cross-entropy.
+    data = dataclasses.replace(tiny_dataset(n_train=320, n_test=10))
+    data.x_train = np.zeros_like(data.x_train)
+    recipe = recipes.recipe("baseline", epochs=3, batch_size=64, learning_rate=0.0,
+                            corruption="noise", clean_epochs=1)
+    model, history = training.fit_on_images(_frozen_dense, data, recipe, str(tmp_path), verbose=0)
+    losses = history.history["loss"] if hasattr(history, "history") else history["loss"]
+    model.compile(loss="sparse_categorical_crossentropy")
+    clean = model.evaluate(data.x_train, data.y_train, batch_size=64, verbose=0)
+    np.testing.assert_allclose(losses[2], clean, rtol=1e-4)
+    assert losses[0] > clean + 0.1 and losses[1] > clean + 0.1
+
+
+def test_clean_epochs_are_counted_from_the_end_and_must_leave_one_corrupted_epoch():
+    [switch] = augment.corruption_callbacks(recipes.recipe("third_tuned", corruption="noise25", clean_epochs=2))
+    assert switch.first == 14  # epochs 15 and 16 (counted from 1) are clean
+    assert augment.corruption_callbacks(recipes.recipe("third_tuned", corruption="noise25")) == []
+    assert augment.corruption_callbacks(recipes.recipe("third_tuned", clean_epochs=2)) == []
+    with pytest.raises(ValueError, match=r"clean_epochs must be an integer from 0 to epochs - 1 \(15\), got 16"):
+        recipes.recipe("third_tuned", corruption="noise25", clean_epochs=16)
+    with pytest.raises(ValueError, match="clean_epochs must be an integer"):
+        recipes.recipe("third_tuned", clean_epochs=-1)
+
+
+def test_switching_the_corruption_off_gives_back_the_images_exactly():
+    layer = augment.RandomCorruption(noise=1.0, blur=1.0, contrast=1.0, seed=0)
+    switch = augment.CorruptionOff(first=1)
+    switch.set_model(keras.Sequential([keras.Input((32, 32, 3)), keras.Sequential([layer])]))
+    switch.on_epoch_begin(0)
+    assert np.abs(np.asarray(layer(IMAGES, training=True)) - IMAGES).max() > 10
+    switch.on_epoch_begin(1)
+    np.testing.assert_array_equal(np.asarray(layer(IMAGES, training=True)), IMAGES)
+    switch.on_epoch_begin(0)  # a run resumed before the switch point: on again
+    assert float(np.asarray(layer.active)) == 1.0
