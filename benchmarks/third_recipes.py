@@ -55,12 +55,11 @@ def cpu_name():
 
 
 def build(recipe_name, x_train):
-    from cifar100cnn import models, recipes
+    """The model of ``recipe_name``, built by the package from its recipe (the whitening, where
+    it has one, from ``x_train``)."""
+    from cifar100cnn import models
 
-    recipe = recipes.RECIPES[recipe_name]
-    if recipe_name == "third_resnet9":
-        return models.build_resnet9(recipe.width, recipe.dropout)
-    return models.build_third_tuned(recipe.widths, models.whitening_kernel(x_train))
+    return models.build(recipe_name, whitening_images=x_train)
 
 
 def time_recipe(recipe_name, precision, x, y, steps):
