@@ -15,9 +15,7 @@ import numpy as np
 from keras import layers
 
 from .data import IMAGE_SHAPE, NUM_CLASSES
-from .recipes import RECIPES, THIRD_ORIGINAL, THIRD_RESNET9, THIRD_TUNED, Recipe
-
-THIRD_PRESETS = ("tuned", "original")
+from .recipes import RECIPES, THIRD_ORIGINAL, THIRD_PRESETS, THIRD_RESNET9, THIRD_TUNED, Recipe  # noqa: F401
 
 # The tuned network's fixed constants, taken from the CIFAR speed records (not searched; a
 # recipe changes only its widths and dropout):
@@ -246,6 +244,8 @@ def build_third_tuned(widths=THIRD_TUNED.widths, whitening=None, activation="rel
 # The recipe fields each model's architecture reads; the others must keep their defaults.
 ARCHITECTURE_FIELDS = {"baseline": (), "overfit": (), "third_original": ("dropout",),
                        "third_tuned": ("widths", "dropout", "whiten_eps"), "third_resnet9": ("width", "dropout")}
+# Recipes that train another recipe's network (the robust third model is the tuned network).
+SAME_NETWORK_AS = {"third_robust": "third_tuned"}
 _DEFAULTS = {field.name: field.default for field in dataclasses.fields(Recipe)}
 
 
@@ -253,8 +253,8 @@ def build(name, recipe=None, whitening_images=None, whitening=None):
     """The model of recipe ``name``, its sizes read from ``recipe``.
 
     Args:
-        name: "baseline", "overfit", "third_original", "third_tuned" or "third_resnet9" (VGG16
-            is built by ``transfer``).
+        name: "baseline", "overfit", "third_original", "third_tuned", "third_robust" (the
+            tuned network) or "third_resnet9" (VGG16 is built by ``transfer``).
         recipe: a ``recipes.Recipe`` (default ``recipes.RECIPES[name]``). A size field the
             model has no use for (``widths`` for "baseline", ...) raises ``ValueError``.
         whitening_images: "third_tuned": the uint8 training images (never validation or test
@@ -267,16 +267,17 @@ def build(name, recipe=None, whitening_images=None, whitening=None):
     Returns:
         A Keras model.
     """
-    if name not in ARCHITECTURE_FIELDS:
-        raise ValueError(f"unknown model {name!r}; expected one of {list(ARCHITECTURE_FIELDS)} "
-                         "(VGG16: transfer.build_vgg16)")
+    network = SAME_NETWORK_AS.get(name, name)
+    if network not in ARCHITECTURE_FIELDS:
+        raise ValueError(f"unknown model {name!r}; expected one of "
+                         f"{list(ARCHITECTURE_FIELDS) + list(SAME_NETWORK_AS)} (VGG16: transfer.build_vgg16)")
     recipe = RECIPES[name] if recipe is None else recipe
     unread = [field for field in ("widths", "width", "dropout", "whiten_eps")
-              if field not in ARCHITECTURE_FIELDS[name] and getattr(recipe, field) != _DEFAULTS[field]]
+              if field not in ARCHITECTURE_FIELDS[network] and getattr(recipe, field) != _DEFAULTS[field]]
     if unread:
         raise ValueError(f"the {name} model has no use for the recipe's {unread}; leave them "
-                         f"out (sizes it reads: {list(ARCHITECTURE_FIELDS[name]) or 'none'}).")
-    if name == "third_tuned":
+                         f"out (sizes it reads: {list(ARCHITECTURE_FIELDS[network]) or 'none'}).")
+    if network == "third_tuned":
         if whitening is None and whitening_images is not None:
             whitening = whitening_kernel(whitening_images, eps=recipe.whiten_eps)
         return build_third_tuned(tuple(recipe.widths), whitening, dropout=recipe.dropout)
@@ -288,10 +289,11 @@ def build(name, recipe=None, whitening_images=None, whitening=None):
 
 
 def build_third(preset="tuned", whitening_images=None, recipe=None, **overrides):
-    """The third model of ``preset``: "tuned" (ours) or "original" (the original's recipe).
+    """The third model of ``preset``: "tuned" (ours), "original" (the original's recipe) or
+    "robust" (the tuned network, its whitening eps from the robust recipe).
 
     Args:
-        preset: "tuned" (default) or "original".
+        preset: "tuned" (default), "original" or "robust".
         whitening_images: training images (uint8) to initialise the tuned model's whitening
             layer from (default None: random, still frozen; fine for tests, not for training).
         recipe: the ``recipes.Recipe`` whose sizes to build (default the preset's).

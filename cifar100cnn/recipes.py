@@ -12,6 +12,8 @@ import dataclasses
 import numpy as np
 
 OPTIMIZERS = ("rmsprop", "sgd")
+# The recipes that can be *the* third model (``recipes.recipe(f"third_{preset}")``).
+THIRD_PRESETS = ("tuned", "original", "robust")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,6 +78,10 @@ THIRD_ORIGINAL = Recipe(epochs=30, batch_size=100, optimizer="rmsprop", learning
 THIRD_TUNED = Recipe(epochs=16, batch_size=512, optimizer="sgd", learning_rate=1.2,
                      augmentation="tuned", momentum=0.9, weight_decay=1e-2, warmup=0.15,
                      label_smoothing=0.2, widths=(128, 256, 512))
+# Ours, trading clean accuracy for robustness: noise on a quarter of the training images and
+# a whitening layer that amplifies less (docs/recipes/robustness.md: 1 to 2 points of clean
+# validation top-1 for Gaussian-noise accuracy 0.2 -> 0.7 at severity 1; same training time).
+THIRD_ROBUST = dataclasses.replace(THIRD_TUNED, corruption="noise25", whiten_eps=0.01)
 # Our earlier tuned recipe (ResNet-9 style, width 32): 0.644, kept for comparison.
 THIRD_RESNET9 = Recipe(epochs=30, batch_size=128, optimizer="sgd", learning_rate=0.1,
                        augmentation="resnet9", early_stopping=8, momentum=0.9,
@@ -89,7 +95,8 @@ VGG16_FINETUNE = Recipe(epochs=10, batch_size=100, optimizer="rmsprop", learning
                         augmentation="tuned", early_stopping=4)
 
 RECIPES = {"baseline": BASELINE, "overfit": OVERFIT, "third_original": THIRD_ORIGINAL,
-           "third_tuned": THIRD_TUNED, "third_resnet9": THIRD_RESNET9, "vgg16": VGG16,
+           "third_tuned": THIRD_TUNED, "third_robust": THIRD_ROBUST, "third_resnet9": THIRD_RESNET9,
+           "vgg16": VGG16,
            "vgg16_finetune": VGG16_FINETUNE}
 
 

@@ -100,7 +100,7 @@ class _Trained(Exception):
     pass
 
 
-def _run_third_model_cells(best, dataset, monkeypatch):
+def _run_third_model_cells(best, dataset, monkeypatch, preset="tuned"):
     """Runs ThirdModel.ipynb's cells that choose the recipe, build and train the third model,
     the training replaced by a stub that records what it was given."""
     from cifar100cnn import training
@@ -115,7 +115,7 @@ def _run_third_model_cells(best, dataset, monkeypatch):
         raise _Trained
 
     monkeypatch.setattr(training, "train_image_model", train_image_model)
-    namespace = {"best": best, "third_preset": "tuned", "third_epochs": None, "epochs": 1,
+    namespace = {"best": best, "third_preset": preset, "third_epochs": None, "epochs": 1,
                  "dataset": dataset, "models": models, "recipes": recipes, "tuning": tuning,
                  "training": training, "models_dir": "unused", "retrain": False, "seed": 0,
                  "strategy": None, "keras_verbose": 0, "augment_on": "auto", "jit_compile": False,
@@ -143,3 +143,15 @@ def test_third_model_notebook_trains_the_model_its_recipe_describes(best, widths
     convs = [layer.filters for layer in model.layers if isinstance(layer, keras.layers.Conv2D)]
     assert tuple(convs[1::2]) == widths
     np.testing.assert_array_equal(_kernel(model), models.whitening_kernel(dataset.x_train))
+
+
+def test_the_robust_preset_trains_the_tuned_network_with_noise_and_a_gentler_whitening(
+        tiny_dataset, monkeypatch):
+    dataset = tiny_dataset(n_train=300, n_test=20)
+    given = _run_third_model_cells(None, dataset, monkeypatch, preset="robust")
+    recipe, model = given["recipe"], given["model"]
+    assert recipe == recipes.recipe("third_tuned", epochs=1, corruption="noise25", whiten_eps=0.01)
+    convs = [layer.filters for layer in model.layers if isinstance(layer, keras.layers.Conv2D)]
+    assert tuple(convs[1::2]) == recipes.THIRD_TUNED.widths
+    np.testing.assert_array_equal(_kernel(model), models.whitening_kernel(dataset.x_train, eps=0.01))
+    assert not np.allclose(_kernel(model), models.whitening_kernel(dataset.x_train))

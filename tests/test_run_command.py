@@ -34,6 +34,22 @@ def test_notebooks_may_be_named_without_their_suffix():
     assert args.notebooks == ["TestModels.ipynb", "VisualizeModel.ipynb"]
 
 
+@pytest.mark.parametrize("preset", ["tuned", "original", "robust"])
+def test_each_third_preset_reaches_the_notebook_and_names_a_recipe(preset):
+    from cifar100cnn import recipes
+
+    parameters = cli.notebook_parameters(cli.parse_args(["run", "--third-preset", preset]))
+    passed = cli.notebook_arguments(os.path.join(REPO, "ThirdModel.ipynb"), parameters)
+    assert passed["third_preset"] == preset
+    assert recipes.recipe(f"third_{preset}") is not None
+
+
+def test_an_unknown_third_preset_is_an_error(capsys):
+    with pytest.raises(SystemExit) as stopped:
+        cli.parse_args(["run", "--third-preset", "robustest"])
+    assert stopped.value.code == 2 and "robust" in capsys.readouterr().err
+
+
 def _run_parser():
     import argparse
 
