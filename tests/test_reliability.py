@@ -433,7 +433,7 @@ def test_bad_training_data_is_refused_before_building(tmp_path, tiny_dataset):
 
 
 def test_unknown_presets_are_refused_naming_the_known_ones():
-    with pytest.raises(ValueError, match=r"unknown third-model preset 'huge'; expected one of \('tuned', 'original'\)"):
+    with pytest.raises(ValueError, match=r"unknown third-model preset 'huge'; expected one of \('tuned', 'original', 'robust'\)"):
         models.build_third("huge")
     with pytest.raises(ValueError, match=r"unknown augmentation 'strong'; expected None or one of "
                                          r"\['original', 'tuned', 'resnet9'\]"):
