@@ -25,6 +25,7 @@ BN_EPSILON = 1e-5
 WHITEN_PATCH = 2  # side in pixels of the frozen whitening convolution
 WHITEN_EPS = Recipe.whiten_eps  # added to the patch covariance's eigenvalues (a recipe may change it)
 WHITEN_FILTERS = 2 * WHITEN_PATCH ** 2 * 3  # each eigenvector and its negative
+IMAGE_NORM_EPSILON = 1.0  # per-image standardization: added to the variance (pixels 0-255)
 
 
 def image_input(name="image"):
@@ -160,7 +161,27 @@ def _standardize(inputs):
                             name="standardize")(inputs)
 
 
-def whitening_kernel(images, patch=WHITEN_PATCH, eps=WHITEN_EPS, max_patches=200_000, seed=0):
+def _standardize_each(inputs):
+    """0-255 pixels -> each image less its own mean, over its own standard deviation (over
+    all pixels and channels): a contrast change or a brightness shift leaves it (nearly)
+    unchanged. Parameter-free; a built-in layer, so saved models need no custom code."""
+    return layers.LayerNormalization(axis=(1, 2, 3), center=False, scale=False,
+                                     epsilon=IMAGE_NORM_EPSILON, name="standardize_image")(inputs)
+
+
+def standardized_patches(pixels, image_means=None, image_stds=None):
+    """Pixel patches (count, p, p, c) standardized as the network's first layer does: by
+    CIFAR-100's channel statistics, or, given each patch's image mean and standard deviation
+    (shape (count,)), as ``_standardize_each`` does."""
+    pixels = pixels.astype("float32")
+    if image_means is None:
+        return (pixels / 255 - np.array(CIFAR100_MEAN, "float32")) / np.array(CIFAR100_STD, "float32")
+    scale = np.sqrt(image_stds.astype("float32") ** 2 + IMAGE_NORM_EPSILON)
+    return (pixels - image_means[:, None, None, None]) / scale[:, None, None, None]
+
+
+def whitening_kernel(images, patch=WHITEN_PATCH, eps=WHITEN_EPS, max_patches=200_000, seed=0,
+                     input_norm="dataset"):
     """A ``patch`` x ``patch`` convolution kernel that whitens image patches (ZCA-like, as in
     the CIFAR speed records): the covariance's eigenvectors scaled by 1/sqrt(eigenvalue),
     each with its negative, so ReLU/GELU after it keeps both signs.
@@ -171,6 +192,8 @@ def whitening_kernel(images, patch=WHITEN_PATCH, eps=WHITEN_EPS, max_patches=200
         eps: added to the eigenvalues (default 5e-4).
         max_patches: patches sampled at the most (default 200,000).
         seed: the sampling seed (default 0).
+        input_norm: how the network standardizes its input before this layer: "dataset"
+            (default, CIFAR-100's channel statistics) or "image" (each image's own).
 
     Returns:
         A float32 array of shape (patch, patch, 3, 2 * patch^2 * 3).
@@ -184,8 +207,11 @@ def whitening_kernel(images, patch=WHITEN_PATCH, eps=WHITEN_EPS, max_patches=200
     pixels = images[idx[:, None, None], ys[:, None, None] + offsets[None, :, None],
                     xs[:, None, None] + offsets[None, None, :]]  # (count, p, p, c)
     # Standardized after sampling: the same values, without a float copy of every image.
-    patches = ((pixels.astype("float32") / 255 - np.array(CIFAR100_MEAN, "float32"))
-               / np.array(CIFAR100_STD, "float32"))
+    if input_norm == "image":
+        sampled = images[idx].reshape(count, -1).astype("float32")
+        patches = standardized_patches(pixels, sampled.mean(axis=1), sampled.std(axis=1))
+    else:
+        patches = standardized_patches(pixels)
     flat = patches.reshape(count, -1).astype("float64")
     eigenvalues, eigenvectors = np.linalg.eigh(np.cov(flat, rowvar=False))
     filters = eigenvectors / np.sqrt(eigenvalues + eps)
@@ -207,7 +233,8 @@ def _fast_block(x, filters, activation, name):
 
 
 def build_third_tuned(widths=THIRD_TUNED.widths, whitening=None, activation="relu",
-                     logit_scale=LOGIT_SCALE, dropout=THIRD_TUNED.dropout):
+                     logit_scale=LOGIT_SCALE, dropout=THIRD_TUNED.dropout,
+                     input_norm=THIRD_TUNED.input_norm):
     """The speed-record family of CIFAR networks: a frozen 2x2 whitening convolution, three
     conv-pool blocks, global max pooling and a scaled-down linear classifier.
 
@@ -218,12 +245,14 @@ def build_third_tuned(widths=THIRD_TUNED.widths, whitening=None, activation="rel
         activation: ``"relu"`` (default) or ``"gelu"``.
         logit_scale: factor on the logits before the softmax (default ``LOGIT_SCALE``, 1/9).
         dropout: dropout rate before the classifier (default the recipe's, 0).
+        input_norm: "dataset" (default: CIFAR-100's channel mean and std) or "image" (each
+            image by its own mean and std; compute ``whitening`` the same way).
 
     Returns:
         A Keras model: 4,657,464 parameters with the default widths.
     """
     inputs = image_input()
-    x = _standardize(inputs)
+    x = _standardize_each(inputs) if input_norm == "image" else _standardize(inputs)
     whiten = layers.Conv2D(WHITEN_FILTERS, WHITEN_PATCH, padding="valid", name="whiten",
                            trainable=False)
     x = whiten(x)
@@ -243,7 +272,7 @@ def build_third_tuned(widths=THIRD_TUNED.widths, whitening=None, activation="rel
 
 # The recipe fields each model's architecture reads; the others must keep their defaults.
 ARCHITECTURE_FIELDS = {"baseline": (), "overfit": (), "third_original": ("dropout",),
-                       "third_tuned": ("widths", "dropout", "whiten_eps"), "third_resnet9": ("width", "dropout")}
+                       "third_tuned": ("widths", "dropout", "whiten_eps", "input_norm"), "third_resnet9": ("width", "dropout")}
 # Recipes that train another recipe's network (the robust third model is the tuned network).
 SAME_NETWORK_AS = {"third_robust": "third_tuned"}
 _DEFAULTS = {field.name: field.default for field in dataclasses.fields(Recipe)}
@@ -272,15 +301,17 @@ def build(name, recipe=None, whitening_images=None, whitening=None):
         raise ValueError(f"unknown model {name!r}; expected one of "
                          f"{list(ARCHITECTURE_FIELDS) + list(SAME_NETWORK_AS)} (VGG16: transfer.build_vgg16)")
     recipe = RECIPES[name] if recipe is None else recipe
-    unread = [field for field in ("widths", "width", "dropout", "whiten_eps")
+    unread = [field for field in ("widths", "width", "dropout", "whiten_eps", "input_norm")
               if field not in ARCHITECTURE_FIELDS[network] and getattr(recipe, field) != _DEFAULTS[field]]
     if unread:
         raise ValueError(f"the {name} model has no use for the recipe's {unread}; leave them "
                          f"out (sizes it reads: {list(ARCHITECTURE_FIELDS[network]) or 'none'}).")
     if network == "third_tuned":
         if whitening is None and whitening_images is not None:
-            whitening = whitening_kernel(whitening_images, eps=recipe.whiten_eps)
-        return build_third_tuned(tuple(recipe.widths), whitening, dropout=recipe.dropout)
+            whitening = whitening_kernel(whitening_images, eps=recipe.whiten_eps,
+                                         input_norm=recipe.input_norm)
+        return build_third_tuned(tuple(recipe.widths), whitening, dropout=recipe.dropout,
+                                 input_norm=recipe.input_norm)
     if name == "third_resnet9":
         return build_resnet9(recipe.width, recipe.dropout)
     if name == "third_original":

@@ -12,6 +12,7 @@ import dataclasses
 import numpy as np
 
 OPTIMIZERS = ("rmsprop", "sgd")
+INPUT_NORMS = ("dataset", "image")
 # The recipes that can be *the* third model (``recipes.recipe(f"third_{preset}")``).
 THIRD_PRESETS = ("tuned", "original", "robust")
 
@@ -36,6 +37,7 @@ class Recipe:
     label_smoothing: float = 0.0  # label smoothing of the cross-entropy; 0: plain
     widths: tuple[int, ...] = ()  # third_tuned: channels of its three blocks
     whiten_eps: float = 5e-4  # third_tuned: added to the whitening's eigenvalues (larger: less gain on noise)
+    input_norm: str = "dataset"  # third_tuned: "dataset" (CIFAR-100's channel mean and std) or "image" (each image's own: contrast-invariant)
     width: int = 0  # third_resnet9: channels of its first convolution
     dropout: float = 0.0  # third_original, third_tuned, third_resnet9: rate of its Dropout layer
     input_size: int = 32  # vgg16: side in pixels of the images the base sees (upscaled if > 32)
@@ -46,6 +48,8 @@ class Recipe:
             raise ValueError(f"batch_size must be a positive integer, got {self.batch_size!r}")
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"unknown optimizer {self.optimizer!r}; expected one of {OPTIMIZERS}")
+        if self.input_norm not in INPUT_NORMS:
+            raise ValueError(f"unknown input_norm {self.input_norm!r}; expected one of {INPUT_NORMS}")
         if (not isinstance(self.clean_epochs, (int, np.integer))
                 or not 0 <= self.clean_epochs < self.epochs):
             raise ValueError(f"clean_epochs must be an integer from 0 to epochs - 1 "
