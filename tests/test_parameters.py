@@ -147,3 +147,13 @@ def test_no_library_module_reads_the_variables():
         if name.endswith(".py") and name != "environment.py":
             with open(os.path.join(package, name)) as handle:
                 assert not reading.search(handle.read()), name
+
+
+@pytest.mark.parametrize("precision", ["auto", "float32", "mixed_float16", "mixed_bfloat16"])
+def test_every_training_precision_of_the_cli_reaches_only_the_training_notebooks(precision):
+    # TestModels has a precision of its own (its bfloat16 checks), named apart: a training
+    # policy such as "mixed_bfloat16" must never reach it.
+    parameters = cli.notebook_parameters(cli.parse_args(["run", "--precision", precision]))
+    takers = [name for name in cli.NOTEBOOKS
+              if "precision" in cli.notebook_arguments(os.path.join(REPO, name), parameters)]
+    assert takers == ["TrainingModels.ipynb", "ThirdModel.ipynb"]
