@@ -36,7 +36,7 @@ def goal_cell(ratio, goal, higher_is_better=True):
 
 
 def pipeline_goal_cell(seconds, gpus):
-    """The issue's goals: 90 minutes on 2 CPU cores; 10 minutes on one H100."""
+    """The pipeline's time targets: 90 minutes on 2 CPU cores; 10 minutes on one H100."""
     if gpus:
         return f"≤ 10 min (one H100) — {'met' if seconds <= 600 else 'NOT met'}"
     return f"≤ 90 min (2 CPU cores) — {'met' if seconds <= 5400 else 'NOT met'}"

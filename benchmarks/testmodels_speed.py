@@ -1,17 +1,19 @@
-"""TestModels' evaluation, the earlier way against today's, side by side in one run.
+"""TestModels' evaluation, eager float32 against the package's, side by side in one run.
 
 For each shipped model, in turn, both ways compute what TestModels.ipynb computes from
 predictions: the results row (top-1, top-5, superclass accuracy, macro F1, ECE), the flip
 TTA columns, the temperature and the ECE/NLL before and after it, and the accuracy on the
 seven corruptions at five severities (1,000 test images).
 
-- earlier: every figure predicted on its own, in float32, by calling the model eagerly on
-  batches of 500 (the test images predicted again for the TTA and the robustness subset);
-- today: each prediction made once and reused, the compiled predict step, and, at
-  ``--precision auto`` on a CPU with native bfloat16, the TTA's mirror images and the
-  corrupted images predicted in bfloat16 with every close call predicted again in float32.
+- eager (eager float32): every figure predicted on its own, in float32, by calling the model
+  eagerly on batches of 500 (the test images predicted again for the TTA and the robustness
+  subset);
+- package (the package's evaluation, as TestModels.ipynb calls it): each prediction made once
+  and reused, the compiled predict step, and, at ``--precision auto`` on a CPU with native
+  bfloat16, the TTA's mirror images and the corrupted images predicted in bfloat16 with every
+  close call predicted again in float32.
 
-The two ways alternate model by model (earlier first for one model, today first for the
+The two ways alternate model by model (eager first for one model, package first for the
 next), so that a machine shared with other work slows both alike. The corrupted images are
 made once and counted in both totals; figures and the notebook's plots are not timed. At the
 end every figure of both ways is compared: the report says the largest difference.
@@ -41,26 +43,26 @@ from cifar100cnn import (artifacts, calibration, data, environment, evaluation, 
 
 
 # ---------------------------------------------------------------------------
-# The earlier way: one eager call per batch of 500, nothing reused
+# Eager float32: one eager call per batch of 500, nothing reused
 # ---------------------------------------------------------------------------
 
-def earlier_predict(model, x, batch_size=500):
+def eager_predict(model, x, batch_size=500):
     return np.concatenate([np.asarray(model(x[i:i + batch_size], training=False), np.float32)
                            for i in range(0, len(x), batch_size)])
 
 
-def earlier(name, model, sets, dataset, subset):
+def eager(name, model, sets, dataset, subset):
     x_test, y_test = dataset.x_test, dataset.y_test
-    model(x_test[:500], training=False)  # the earlier warm-up
-    proba = earlier_predict(model, x_test)
+    model(x_test[:500], training=False)  # the eager way's warm-up
+    proba = eager_predict(model, x_test)
     row = evaluation.evaluate(name, y_test, proba, dataset.fine_to_coarse)
-    tta = sum(earlier_predict(model, view) for view in evaluation.tta_views(x_test)) / 2
+    tta = sum(eager_predict(model, view) for view in evaluation.tta_views(x_test)) / 2
     row.update(evaluation.tta_scores(y_test, tta))
-    calib = calibration.calibrate(name, dataset.y_val, earlier_predict(model, dataset.x_val),
+    calib = calibration.calibrate(name, dataset.y_val, eager_predict(model, dataset.x_val),
                                   y_test, proba)
     x_sub, y_sub = x_test[subset], y_test[subset]
-    clean = earlier_predict(model, x_sub)
-    accuracy = [[np.mean(earlier_predict(model, sets[(c, s)][0]).argmax(1) == y_sub)
+    clean = eager_predict(model, x_sub)
+    accuracy = [[np.mean(eager_predict(model, sets[(c, s)][0]).argmax(1) == y_sub)
                  for s in robustness.SEVERITIES] for c in robustness.CORRUPTIONS]
     robust = robustness.Robustness(name, float(np.mean(clean.argmax(1) == y_sub)),
                                    robustness.CORRUPTIONS, np.array(accuracy), len(subset))
@@ -68,10 +70,10 @@ def earlier(name, model, sets, dataset, subset):
 
 
 # ---------------------------------------------------------------------------
-# Today's way: the package's functions as TestModels.ipynb calls them
+# The package's evaluation: its functions as TestModels.ipynb calls them
 # ---------------------------------------------------------------------------
 
-def today(name, model, sets, dataset, subset, precision, batch_size, scratch):
+def package(name, model, sets, dataset, subset, precision, batch_size, scratch):
     x_test, y_test = dataset.x_test, dataset.y_test
     probabilities, rows = evaluation.evaluate_all({name: model}, x_test, y_test, dataset.fine_to_coarse,
                                                   arrays_dir=scratch, batch_size=batch_size,
@@ -114,8 +116,10 @@ def main(argv=None):
     parser.add_argument("--models-dir", default=os.path.join(ROOT, "models"),
                         help="folder of the .keras files (default: the repository's models/)")
     parser.add_argument("--precision", default="auto", choices=("auto", "float32", "bfloat16"),
-                        help="today's precision for the TTA views and corrupted images (default auto)")
-    parser.add_argument("--batch-size", type=int, default=250, help="today's batch size (default 250)")
+                        help="the package way's precision for the TTA views and corrupted images "
+                             "(default auto)")
+    parser.add_argument("--batch-size", type=int, default=250,
+                        help="the package way's batch size (default 250)")
     parser.add_argument("--robustness-size", type=int, default=1000,
                         help="test images under every corruption (default 1000, as TestModels)")
     parser.add_argument("--json", help="also write the timings and figures to this JSON file")
@@ -132,37 +136,38 @@ def main(argv=None):
     corrupting = time.perf_counter() - start
 
     times, results = {}, {}
-    scratch = tempfile.mkdtemp()  # today's way saves the probabilities, as the notebook does
+    scratch = tempfile.mkdtemp()  # the package way saves the probabilities, as the notebook does
     for index, name in enumerate(args.models):
         model = artifacts.load_model(artifacts.model_path(name, args.models_dir))
-        order = ("earlier", "today") if index % 2 == 0 else ("today", "earlier")
+        order = ("eager", "package") if index % 2 == 0 else ("package", "eager")
         for way in order:
             start = time.perf_counter()
-            if way == "earlier":
-                results[(name, way)] = earlier(name, model, sets, dataset, subset)
+            if way == "eager":
+                results[(name, way)] = eager(name, model, sets, dataset, subset)
             else:
-                results[(name, way)] = today(name, model, sets, dataset, subset, precision,
-                                             args.batch_size, scratch)
+                results[(name, way)] = package(name, model, sets, dataset, subset, precision,
+                                               args.batch_size, scratch)
             times[(name, way)] = time.perf_counter() - start
             print(f"{name} {way}: {times[(name, way)]:.1f} s", flush=True)
 
     total = {way: corrupting + sum(t for (n, w), t in times.items() if w == way)
-             for way in ("earlier", "today")}
-    worst = max((abs(results[(n, "earlier")][k] - results[(n, "today")][k]), n, k)
-                for n in args.models for k in results[(n, "earlier")])
+             for way in ("eager", "package")}
+    worst = max((abs(results[(n, "eager")][k] - results[(n, "package")][k]), n, k)
+                for n in args.models for k in results[(n, "eager")])
     command = "python benchmarks/testmodels_speed.py " + " ".join(argv if argv is not None else sys.argv[1:])
     print(f"\nmachine: {cpu_description()}")
-    print(f"Keras {keras.__version__}, backend {keras.backend.backend()}; today's precision: {precision}, "
+    print(f"Keras {keras.__version__}, backend {keras.backend.backend()}; "
+          f"the package way's precision: {precision}, "
           f"batch {args.batch_size}; corrupting the images: {corrupting:.1f} s (counted in both)")
-    print(f"{'model':<16}{'earlier s':>11}{'today s':>10}{'ratio':>8}")
+    print(f"{'model':<16}{'eager s':>11}{'package s':>11}{'ratio':>8}")
     for name in args.models:
-        e, t = times[(name, "earlier")], times[(name, "today")]
-        print(f"{name:<16}{e:>11.1f}{t:>10.1f}{t / e:>8.2f}")
-    print(f"{'total':<16}{total['earlier']:>11.1f}{total['today']:>10.1f}"
-          f"{total['today'] / total['earlier']:>8.2f}")
+        e, p = times[(name, "eager")], times[(name, "package")]
+        print(f"{name:<16}{e:>11.1f}{p:>11.1f}{p / e:>8.2f}")
+    print(f"{'total':<16}{total['eager']:>11.1f}{total['package']:>11.1f}"
+          f"{total['package'] / total['eager']:>8.2f}")
     print(f"largest difference between the two ways' figures: {worst[0]:.2g} ({worst[1]}, {worst[2]})")
-    same = all(round(results[(n, "earlier")][k], 3) == round(results[(n, "today")][k], 3)
-               for n in args.models for k in results[(n, "earlier")])
+    same = all(round(results[(n, "eager")][k], 3) == round(results[(n, "package")][k], 3)
+               for n in args.models for k in results[(n, "eager")])
     print(f"every figure the same to 3 decimals: {same}")
     print(f"command: {command}")
     if args.json:

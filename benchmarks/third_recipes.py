@@ -1,5 +1,5 @@
-"""The third model's recipes side by side: training seconds per epoch of the earlier ResNet-9
-recipe and the tuned one, in float32 and mixed_bfloat16, measured in one run on this machine;
+"""The third model's recipes side by side: training seconds per epoch of the ResNet-9
+recipe (``third_resnet9``) and the tuned one, in float32 and mixed_bfloat16, measured in one run on this machine;
 and the accuracy-versus-time curve built from those timings and the recorded training runs.
 
     python benchmarks/third_recipes.py speed [--steps 6] [--rounds 2]   # 5-15 minutes on 2 CPU cores
@@ -10,9 +10,8 @@ and the accuracy-versus-time curve built from those timings and the recorded tra
 ``speed`` times each recipe's training steps in float32 and mixed_bfloat16 on synthetic
 CIFAR-shaped data: ``train_on_batch`` on fixed batches augmented beforehand, after one warm-up
 step, each measurement in a cleared Keras session with its precision checked on the built
-model (an earlier version timed a few steps of ``fit`` through the augmenting input pipeline,
-all in one session; its float32 figure for the tuned recipe could not be reproduced, see
-docs/efficiency.md); the input pipeline is timed apart, threads and XLA are recorded. The recipes
+model (timing a few steps of ``fit`` through the augmenting input pipeline, all in one
+session, gives larger and less repeatable figures; see docs/efficiency.md); the input pipeline is timed apart, threads and XLA are recorded. The recipes
 and precisions take turns, in reverse order every other round, so that a shared CPU loads them
 alike. One epoch = the steps over 40,000 training images + predictions on 10,000 validation
 images. Results: docs/recipes/speed.json. ``curve`` reads it together with docs/recipes/runs.json
@@ -206,7 +205,7 @@ def curve(args):
     epoch_seconds = {(r["recipe"], r["precision"]): r["epoch_seconds"] for r in report["rows"]}
     precision = args.precision
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    styles = {"third_resnet9": ("tab:gray", "earlier recipe (ResNet-9, width 32)"),
+    styles = {"third_resnet9": ("tab:gray", "ResNet-9 recipe (width 32)"),
               "third_tuned": ("tab:blue", "tuned recipe (whitened CNN, 128-256-512)")}
     lines = [f"Test top-1 on CIFAR-100 (a copy checked against the official release) against "
              f"training minutes on {report['cpu']} ({report['cores']} cores, {precision}); "
@@ -228,9 +227,9 @@ def curve(args):
     today = next(r for r in runs if r["recipe"] == "third_resnet9" and r["epochs"] == 30
                  and not r["trained_on"].startswith("H200"))
     ax.axhline(today["test_top1"], color="tab:gray", ls=":", lw=1,
-               label=f"the earlier recipe's shipped model ({today['test_top1']:.3f})")
+               label=f"the ResNet-9 recipe's 30-epoch model ({today['test_top1']:.3f})")
     ax.axvline(30 * epoch_seconds[("third_resnet9", precision)] / 60 / 3, color="tab:gray", ls="--", lw=1,
-               label="1/3 of the earlier recipe's time")
+               label="1/3 of the ResNet-9 recipe's time")
     ax.set_xlabel(f"minutes of training steps: epochs x measured s/epoch\n({report['cores']} cores "
                   f"of an {report['cpu']}, {precision})", fontsize=9)
     ax.set_ylabel("test top-1 (CIFAR-100)")

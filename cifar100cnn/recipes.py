@@ -86,7 +86,7 @@ THIRD_TUNED = Recipe(epochs=16, batch_size=512, optimizer="sgd", learning_rate=1
 # a whitening layer that amplifies less (docs/recipes/robustness.md: 1 to 2 points of clean
 # validation top-1 for Gaussian-noise accuracy 0.2 -> 0.7 at severity 1; same training time).
 THIRD_ROBUST = dataclasses.replace(THIRD_TUNED, corruption="noise25", whiten_eps=0.01)
-# Our earlier tuned recipe (ResNet-9 style, width 32): 0.644, kept for comparison.
+# A ResNet-9 style recipe (width 32): 0.644, kept for comparison (docs/efficiency.md).
 THIRD_RESNET9 = Recipe(epochs=30, batch_size=128, optimizer="sgd", learning_rate=0.1,
                        augmentation="resnet9", early_stopping=8, momentum=0.9,
                        weight_decay=5e-4, label_smoothing=0.1, width=32, dropout=0.2)

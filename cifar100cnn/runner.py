@@ -206,7 +206,7 @@ def path_replacements(output_dir, files=()):
         if prefix and prefix not in ("/", "~") and not prefix.startswith(os.path.abspath(REPO_ROOT)):
             pairs.append((prefix, name))
     pairs = sorted(set(pairs), key=lambda pair: -len(pair[0]))  # the longest prefix first
-    # A bare folder name counts only where the name ends (not "/work/main" in "/work/main2").
+    # A bare folder name counts only where the name ends (not "/repo" in "/repo2").
     return [(re.compile(re.escape(prefix) + ("" if prefix.endswith(os.sep) else r"(?![\w.-])")),
              replacement) for prefix, replacement in pairs]
 
