@@ -21,6 +21,20 @@ def notebook_name(value):
     return name
 
 
+def whole_number(low, high=None):
+    """An argparse type: an integer from ``low`` (to ``high``), else an error saying the range."""
+    def convert(value):
+        try:
+            number = int(value)
+        except ValueError:
+            number = None
+        if number is None or number < low or (high is not None and number > high):
+            allowed = f"from {low} to {high}" if high is not None else f"{low} or more"
+            raise argparse.ArgumentTypeError(f"expected a whole number {allowed}, got {value!r}")
+        return number
+    return convert
+
+
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(prog="python -m cifar100cnn",
                                      description="CIFAR-100 CNN pipeline (four notebooks).")
@@ -58,14 +72,15 @@ def add_run_options(run_parser):
            help="'imagenet' (download), a local .h5 file ($VGG16_WEIGHTS), or 'none' (random)")
     option("--vgg16-finetune", action="store_true",
            help="after the head, unfreeze VGG16 block 5 and train at a low rate (GPU advised)")
-    option("--vgg16-input-size", type=int, default=None,
+    # The range of transfer.VGG16_INPUT_SIZES (not imported here: that loads Keras).
+    option("--vgg16-input-size", type=whole_number(32, 224), default=None,
            help="upscale images to this size for VGG16 (32-224; default: the recipe's 32, "
                 "as the original)")
     option("--third-preset", choices=THIRD_PRESETS, default="tuned",
            help="the recipe saved as the third model: tuned (ours, default), original "
                 "(the original project's) or robust (tuned with noise in training: 1 to "
                 "2 points less clean accuracy, far less fragile to noise)")
-    option("--third-epochs", type=int, default=None,
+    option("--third-epochs", type=whole_number(1), default=None,
            help="epochs of the third model (default: its preset's, 16 for tuned); takes "
                 "effect when the model is trained (--retrain, or no saved model)")
     option("--precision", default="auto",
@@ -101,7 +116,7 @@ def add_predict_parser(commands):
                          help="a .keras file to use instead of --model/--models-dir")
     predict.add_argument("--labels", choices=("cifar100", "synthetic"), default="cifar100",
                          help="class names: 'synthetic' for models of quick or synthetic runs")
-    predict.add_argument("--top", type=int, default=5, help="classes listed per image (default: 5)")
+    predict.add_argument("--top", type=whole_number(1, 100), default=5, help="classes listed per image (default: 5)")
     predict.add_argument("--verbose", action="store_true",
                          help="show TensorFlow's start-up log (hidden by default)")
 

@@ -298,3 +298,27 @@ def test_the_training_record_names_the_gpus_the_backend_sees(monkeypatch):
     assert training_record.machine().endswith(f"{os.cpu_count()} cores; NVIDIA H200")
     monkeypatch.setattr(hardware, "gpu_names", lambda: [])
     assert training_record.machine().endswith(f"{os.cpu_count()} cores")
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["run", "--third-epochs", "0"], "--third-epochs: expected a whole number 1 or more, got '0'"),
+    (["run", "--vgg16-input-size", "10"], "--vgg16-input-size: expected a whole number from 32 to 224, got '10'"),
+    (["run", "--vgg16-input-size", "big"], "expected a whole number from 32 to 224, got 'big'"),
+    (["predict", "cat.png", "--top", "101"], "--top: expected a whole number from 1 to 100, got '101'"),
+])
+def test_numbers_out_of_range_stop_at_the_command_line(argv, message, capsys):
+    with pytest.raises(SystemExit) as stopped:
+        cli.parse_args(argv)
+    assert stopped.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_the_vgg16_input_sizes_of_the_command_line_are_those_the_model_takes():
+    from cifar100cnn import transfer
+
+    for size in (31, 32, 224, 225):
+        accepted = cli.parse_args(["run", "--vgg16-input-size", str(size)]) if size in transfer.VGG16_INPUT_SIZES else None
+        if accepted is None:
+            with pytest.raises(SystemExit):
+                cli.parse_args(["run", "--vgg16-input-size", str(size)])
+        else:
+            assert accepted.vgg16_input_size == size
