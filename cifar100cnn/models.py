@@ -23,7 +23,7 @@ LOGIT_SCALE = 1 / 9  # factor on the logits before the softmax
 BN_MOMENTUM = 0.9  # batch norm's moving-average momentum (Keras' default: 0.99)
 BN_EPSILON = 1e-5
 WHITEN_PATCH = 2  # side in pixels of the frozen whitening convolution
-WHITEN_EPS = Recipe.whiten_eps  # added to the patch covariance's eigenvalues (a recipe may change it)
+WHITEN_EPS = THIRD_TUNED.whiten_eps  # added to the patch covariance's eigenvalues (a recipe may change it)
 WHITEN_FILTERS = 2 * WHITEN_PATCH ** 2 * 3  # each eigenvector and its negative
 IMAGE_NORM_EPSILON = 1.0  # per-image standardization: added to the variance (pixels 0-255)
 
@@ -181,7 +181,7 @@ def standardized_patches(pixels, image_means=None, image_stds=None):
 
 
 def whitening_kernel(images, patch=WHITEN_PATCH, eps=WHITEN_EPS, max_patches=200_000, seed=0,
-                     input_norm="dataset"):
+                     input_norm=THIRD_TUNED.input_norm):
     """A ``patch`` x ``patch`` convolution kernel that whitens image patches (ZCA-like, as in
     the CIFAR speed records): the covariance's eigenvectors scaled by 1/sqrt(eigenvalue),
     each with its negative, so ReLU/GELU after it keeps both signs.
@@ -189,11 +189,12 @@ def whitening_kernel(images, patch=WHITEN_PATCH, eps=WHITEN_EPS, max_patches=200
     Args:
         images: uint8 (N, 32, 32, 3) training images (never validation or test images).
         patch: the kernel's side in pixels (default 2).
-        eps: added to the eigenvalues (default 5e-4).
+        eps: added to the eigenvalues (default the tuned recipe's, 5e-4).
         max_patches: patches sampled at the most (default 200,000).
         seed: the sampling seed (default 0).
         input_norm: how the network standardizes its input before this layer: "dataset"
-            (default, CIFAR-100's channel statistics) or "image" (each image's own).
+            (the tuned recipe's default: CIFAR-100's channel statistics) or "image" (each
+            image by its own, as the robust recipe does).
 
     Returns:
         A float32 array of shape (patch, patch, 3, 2 * patch^2 * 3).
@@ -245,8 +246,8 @@ def build_third_tuned(widths=THIRD_TUNED.widths, whitening=None, activation="rel
         activation: ``"relu"`` (default) or ``"gelu"``.
         logit_scale: factor on the logits before the softmax (default ``LOGIT_SCALE``, 1/9).
         dropout: dropout rate before the classifier (default the recipe's, 0).
-        input_norm: "dataset" (default: CIFAR-100's channel mean and std) or "image" (each
-            image by its own mean and std; compute ``whitening`` the same way).
+        input_norm: "dataset" (the tuned recipe's default: CIFAR-100's channel mean and std)
+            or "image" (each image by its own mean and std); compute ``whitening`` the same way.
 
     Returns:
         A Keras model: 4,657,464 parameters with the default widths.
