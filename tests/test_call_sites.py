@@ -150,7 +150,7 @@ def test_the_robust_preset_trains_the_tuned_network_per_image_with_noise_and_a_g
     dataset = tiny_dataset(n_train=300, n_test=20)
     given = _run_third_model_cells(None, dataset, monkeypatch, preset="robust")
     recipe, model = given["recipe"], given["model"]
-    assert recipe == recipes.recipe("third_tuned", epochs=1, input_norm="image", corruption="noise10",
+    assert recipe == recipes.recipe("third_tuned", epochs=1, input_norm="image", corruption="noise05",
                                     whiten_eps=0.01)
     convs = [layer.filters for layer in model.layers if isinstance(layer, keras.layers.Conv2D)]
     assert tuple(convs[1::2]) == recipes.THIRD_TUNED.widths
