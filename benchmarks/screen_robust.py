@@ -68,14 +68,15 @@ def measure(model, dataset, subset):
 
 
 def screen(candidate, dataset, base, work, subset, seed=0, verbose=2):
+    """Train ``candidate`` (overrides of recipe ``base``) into its own folder under ``work``;
+    its validation figures (``measure``) and how it was trained, as a dict."""
     overrides = parse_overrides(candidate)
     recipe = recipes.recipe(base, **overrides)
     setup = training.set_up_training("auto", seed=seed)
     models_dir = os.path.join(work, re.sub(r"[^\w.-]+", "_", candidate))
-    network = f"third_{base.removeprefix('third_')}"
     start = time.time()
     _, history = training.train_image_model(
-        "third", lambda: models.build(network, recipe, whitening_images=dataset.x_train),
+        "third", lambda: models.build(base, recipe, whitening_images=dataset.x_train),
         dataset, recipe, models_dir, retrain=True, seed=seed, strategy=setup.strategy,
         verbose=verbose, augment_on=setup.augment_on, jit_compile=setup.jit_compile,
         precision=setup.precision)
