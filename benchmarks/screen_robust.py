@@ -3,7 +3,8 @@ validation images only.
 
 Each candidate is ``recipes.recipe(BASE, **overrides)`` trained exactly as ThirdModel.ipynb
 trains the third model (``training.train_image_model``, the precision ``set_up_training``
-picks for the machine, seed 0), saved under ``<work>/<candidate>/``, then measured in float32:
+picks for the machine, seed 0 unless ``--seeds`` says otherwise), saved under
+``<work>/<candidate>[_seed<N>]/``, then measured in float32:
 validation top-1 and accuracy under the seven corruptions of ``cifar100cnn.robustness`` on a
 fixed subset of validation images. The test set is never touched. One JSON entry is appended
 to ``--out`` per candidate, so a run cut short keeps what it finished.
@@ -40,6 +41,11 @@ def _value(text):
     return text
 
 
+def _seeds(text):
+    """``"1,2"`` -> ``[1, 2]``."""
+    return [int(seed) for seed in text.split(",")]
+
+
 def parse_overrides(text):
     """``"corruption=noise10,whiten_eps=0.01"`` -> ``{"corruption": "noise10", "whiten_eps": 0.01}``
     (``"-"``: no overrides)."""
@@ -73,7 +79,8 @@ def screen(candidate, dataset, base, work, subset, seed=0, verbose=2):
     overrides = parse_overrides(candidate)
     recipe = recipes.recipe(base, **overrides)
     setup = training.set_up_training("auto", seed=seed)
-    models_dir = os.path.join(work, re.sub(r"[^\w.-]+", "_", candidate))
+    folder = re.sub(r"[^\w.-]+", "_", candidate) + (f"_seed{seed}" if seed else "")
+    models_dir = os.path.join(work, folder)
     start = time.time()
     _, history = training.train_image_model(
         "third", lambda: models.build(base, recipe, whitening_images=dataset.x_train),
@@ -101,6 +108,8 @@ def main(argv=None):
     parser.add_argument("--no-verify", action="store_true", help="skip the archive's sha256 check")
     parser.add_argument("--synthetic", type=int, default=0, help="N synthetic images instead (a smoke test)")
     parser.add_argument("--epochs", type=int, help="override every candidate's epochs (a smoke test)")
+    parser.add_argument("--seeds", type=_seeds, default=[0],
+                        help="comma-separated seeds: each candidate is trained once per seed (default: 0)")
     parser.add_argument("--subset", type=int, default=1000, help="validation images for robustness")
     parser.add_argument("--work", default="runs/robust", help="where the candidates' models go")
     parser.add_argument("--out", required=True, help="JSON file the results are appended to")
@@ -112,11 +121,12 @@ def main(argv=None):
     for candidate in args.candidates:
         if args.epochs:
             candidate = f"{candidate},epochs={args.epochs}" if candidate != "-" else f"epochs={args.epochs}"
-        result = screen(candidate, dataset, args.base, args.work, subset)
-        results.append(result)
-        print(json.dumps({k: v for k, v in result.items() if k != "machine"}), flush=True)
-        with open(args.out, "w") as f:
-            json.dump(results, f, indent=1)
+        for seed in args.seeds:
+            result = screen(candidate, dataset, args.base, args.work, subset, seed=seed)
+            results.append(result)
+            print(json.dumps({k: v for k, v in result.items() if k != "machine"}), flush=True)
+            with open(args.out, "w") as f:
+                json.dump(results, f, indent=1)
 
 
 if __name__ == "__main__":

@@ -21,12 +21,10 @@ VGG16_BGR_MEAN = (103.939, 116.779, 123.68)
 VGG16_BASE_PARAMS = 14_714_688
 
 VGG16_WEIGHTS_HELP = (
-    "The ImageNet weights of VGG16 could not be downloaded. On a machine with internet "
-    "access, download vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5 (58 MB) from "
-    "https://storage.googleapis.com/tensorflow/keras-applications/vgg16/ , copy it here and "
-    "pass its path as `vgg16_weights=` (notebook parameter; CLI --vgg16-weights) or set the "
-    "environment variable VGG16_WEIGHTS=/path/to/vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5, "
-    "which the notebooks and the CLI read.")
+    "To train VGG16, download vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5 (58 MB) from "
+    "https://storage.googleapis.com/tensorflow/keras-applications/vgg16/ on a machine with "
+    "internet access and pass its path: CLI --vgg16-weights FILE, notebook vgg16_weights=FILE, "
+    "or VGG16_WEIGHTS=FILE in the environment.")
 
 
 class WeightsUnavailableError(RuntimeError):
@@ -45,7 +43,7 @@ def resolve_vgg16_weights(weights="imagenet"):
         ``weights``; ``WeightsUnavailableError`` for a file that does not exist.
     """
     if weights not in ("imagenet", None) and not os.path.isfile(weights):
-        raise WeightsUnavailableError(f"VGG16 weights file not found: {weights!r}.\n"
+        raise WeightsUnavailableError(f"VGG16 weights file not found: {weights!r}. "
                                       + VGG16_WEIGHTS_HELP)
     return weights
 
@@ -86,7 +84,9 @@ def build_vgg16_base(weights="imagenet", input_size=32):
     except Exception as error:
         if weights != "imagenet":
             raise
-        raise WeightsUnavailableError(f"{VGG16_WEIGHTS_HELP}\n({type(error).__name__}: {error})") from None
+        reason = str(error).split(" -- ")[-1]  # Keras: "URL fetch failure on URL: None -- why"
+        raise WeightsUnavailableError(f"no ImageNet weights: the download failed ({reason}). "
+                                      + VGG16_WEIGHTS_HELP) from None
     base.trainable = False
     return base
 

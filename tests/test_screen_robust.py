@@ -33,7 +33,7 @@ def test_candidates_train_apart_are_measured_on_validation_and_appended(tmp_path
     out, work = tmp_path / "robust.json", tmp_path / "work"
     out.write_text(json.dumps([{"candidate": "earlier"}]))
     screen_robust.main(["--synthetic", "300", "--epochs", "1", "--subset", "40", "--work", str(work),
-                        "--out", str(out), "input_norm=image,corruption=noise10,widths=8/16/32"])
+                        "--out", str(out), "--seeds", "3", "input_norm=image,corruption=noise10,widths=8/16/32"])
     earlier, result = json.loads(out.read_text())
     assert earlier == {"candidate": "earlier"}
     assert result["overrides"] == {"input_norm": "image", "corruption": "noise10",
@@ -42,7 +42,8 @@ def test_candidates_train_apart_are_measured_on_validation_and_appended(tmp_path
     assert set(result["per_corruption"]) == {"gaussian_noise", "gaussian_blur", "defocus_blur",
                                              "contrast", "brightness", "jpeg_compression", "pixelate"}
     assert result["test_set_used"] is False and result["training_minutes"] >= 0
-    folder = work / "input_norm_image_corruption_noise10_widths_8_16_32_epochs_1"
+    assert result["seed"] == 3
+    folder = work / "input_norm_image_corruption_noise10_widths_8_16_32_epochs_1_seed3"
     saved = artifacts.load_model(artifacts.model_path("third", str(folder)))
     assert "standardize_image" in {layer.name for layer in saved.layers}
     assert saved.count_params() < 100_000  # the widths reached the build
