@@ -208,13 +208,27 @@ def finish(model, history, name, models_dir, *work_dirs):
     return path
 
 
-def existing(name, models_dir, retrain):
+class NotTheModelAskedFor(ValueError):
+    """A saved model to reuse is another network than the one asked for (another preset)."""
+
+
+def layout(model):
+    """What tells two networks apart: each layer's class and weight shapes (not the layer
+    names, which Keras numbers by how many layers were made before)."""
+    return [(type(layer).__name__, [tuple(weight.shape) for weight in layer.weights])
+            for layer in model.layers]
+
+
+def existing(name, models_dir, retrain, build=None):
     """The saved model and history, unless ``retrain``.
 
     Args:
         name: the model's name (``artifacts.MODEL_FILES``).
         models_dir: the folder of models.
         retrain: whether to train again whatever exists.
+        build: default None; else a function returning the model asked for, untrained: a saved
+            model with another layout (another preset, other widths) raises
+            ``NotTheModelAskedFor`` instead of being reused (or silently replaced).
 
     Returns:
         ``(model, history)`` when the model exists and ``retrain`` is off, else None.
@@ -222,8 +236,13 @@ def existing(name, models_dir, retrain):
     path = artifacts.model_path(name, models_dir)
     if retrain or not os.path.exists(path):
         return None
-    print(f"Reusing {path} (trained earlier); set retrain=True to train it again.")
     model = artifacts.load_model(path)
+    if build is not None and layout(model) != layout(build()):
+        raise NotTheModelAskedFor(
+            f"{path} is another {name} network than the recipe asked for builds (another "
+            f"preset or other sizes): pass --retrain (notebook: retrain=True) to train the "
+            f"one asked for in its place.")
+    print(f"Reusing {path} (trained earlier); set retrain=True to train it again.")
     history_file = artifacts.history_path(name, models_dir)
     history = artifacts.load_json(history_file) if os.path.exists(history_file) else {}
     return model, history
@@ -608,7 +627,8 @@ def train_image_model(name, build, data, recipe, models_dir="models", retrain=Fa
         data: a ``data.Dataset``.
         recipe: a ``recipes.Recipe``, e.g. ``recipes.recipe("baseline", epochs=5)``.
         models_dir: where models, histories and checkpoints go (default "models").
-        retrain: default False: an existing saved model is reused.
+        retrain: default False: an existing saved model is reused if it has the layers
+            ``build`` makes (else ``NotTheModelAskedFor``).
         seed: the random seed (default 0).
         strategy: default None: the current strategy.
         verbose: Keras verbosity (default 1).
@@ -626,7 +646,7 @@ def train_image_model(name, build, data, recipe, models_dir="models", retrain=Fa
     augment_in_model(augment_on)  # refuse bad values before any work
     use_jit(jit_compile)
     precision = resolve_precision(precision)
-    found = existing(name, models_dir, retrain)
+    found = existing(name, models_dir, retrain, build)
     if found:
         return found
     strategy = strategy or current_strategy()

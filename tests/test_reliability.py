@@ -5,6 +5,7 @@ Models and data are tiny: a few hundred synthetic images, the baseline model, 1-
 
 import ast
 import contextlib
+import dataclasses
 import io
 import json
 import os
@@ -202,14 +203,34 @@ def test_existing_model_is_reused_and_reported(tmp_path, capsys, small_model, ti
     artifacts.save_json({"loss": [3.0, 2.0]}, artifacts.history_path("baseline", models_dir))
     before = (os.path.getmtime(path), open(path, "rb").read())
 
-    model, history = training.train_image_model("baseline", must_not_build, tiny_dataset(),
-                                                recipes.recipe("baseline", epochs=1),
+    # The fresh model (another seed: other weights) only serves to compare layers with.
+    model, history = training.train_image_model("baseline", lambda: small_model(seed=1),
+                                                tiny_dataset(), recipes.recipe("baseline", epochs=1),
                                                 models_dir=models_dir)
     out = capsys.readouterr().out
     assert f"Reusing {path}" in out and "retrain=True" in out
     assert history == {"loss": [3.0, 2.0]}
     assert same_weights(model.get_weights(), saved.get_weights())
     assert (os.path.getmtime(path), open(path, "rb").read()) == before
+
+
+@pytest.mark.parametrize("asked", [
+    dict(input_norm="image"),  # the robust preset's layers, where the tuned model is saved
+    dict(widths=(8, 16, 24)),  # same layers, other widths
+])
+def test_a_saved_model_of_another_network_is_refused_and_kept(tmp_path, capsys, tiny_dataset, asked):
+    models_dir = str(tmp_path)
+    path = artifacts.model_path("third", models_dir)
+    small = recipes.recipe("third_tuned", widths=(8, 16, 32))
+    artifacts.save_model(models.build("third_tuned", small), path)
+    artifacts.save_json({"loss": [3.0]}, artifacts.history_path("third", models_dir))
+    before = open(path, "rb").read()
+    recipe = dataclasses.replace(small, epochs=1, **asked)
+    with pytest.raises(training.NotTheModelAskedFor, match=r"pass --retrain \(notebook: retrain=True\)"):
+        training.train_image_model("third", lambda: models.build("third_tuned", recipe),
+                                   tiny_dataset(), recipe, models_dir=models_dir)
+    assert "Reusing" not in capsys.readouterr().out
+    assert open(path, "rb").read() == before
 
 
 def test_retrain_true_trains_and_replaces(tmp_path, small_model, tiny_dataset):
