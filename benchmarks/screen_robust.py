@@ -61,16 +61,12 @@ def parse_overrides(text):
 def measure(model, dataset, subset):
     """Float32 validation top-1 and robustness on ``subset`` (indices of validation images)."""
     x, y = dataset.x_val[subset], dataset.y_val[subset]
-    result = robustness.evaluate_robustness(model, x, y, robustness.corrupted_sets(x, y),
-                                            batch_size=500)
-    noise = result.accuracy[result.corruptions.index("gaussian_noise")]
+    headline = robustness.evaluate_robustness(model, x, y, robustness.corrupted_sets(x, y),
+                                              batch_size=500).headline()
     model.compile(loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     val = model.evaluate(dataset.x_val, dataset.y_val, batch_size=500, verbose=0)[1]
-    return dict(val_top1=round(float(val), 4),
-                val_mean_corruption=round(float(result.mean_corruption_accuracy), 4),
-                val_noise_s1=round(float(noise[0]), 4),
-                per_corruption={name: round(float(row.mean()), 4)
-                                for name, row in zip(result.corruptions, result.accuracy)})
+    return dict(val_top1=round(float(val), 4), val_mean_corruption=headline["mean_corruption"],
+                val_noise_s1=headline["noise_s1"], per_corruption=headline["per_corruption"])
 
 
 def screen(candidate, dataset, base, work, subset, seed=0, verbose=2):

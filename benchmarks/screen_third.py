@@ -114,9 +114,10 @@ def run(name, c, d, seed=0):
 
         r = robustness.evaluate_robustness(model, d["robust_x"], d["robust_y"], d["robust_sets"],
                                            name=name, batch_size=1000)
-        robust = dict(val_subset_clean=r.clean, val_mean_corruption=r.mean_corruption_accuracy,
-                      val_noise_s1=float(r.accuracy[r.corruptions.index("gaussian_noise"), 0]),
-                      val_corruption_means={k: float(v.mean()) for k, v in zip(r.corruptions, r.accuracy)})
+        headline = r.headline(digits=6)
+        robust = dict(val_subset_clean=r.clean, val_mean_corruption=headline["mean_corruption"],
+                      val_noise_s1=headline["noise_s1"],
+                      val_corruption_means=headline["per_corruption"])
     return dict(name=name, **robust, recipe={k: list(v) if isinstance(v, tuple) else v for k, v in c.items()},
                 val_accuracy=float(val), test_accuracy=None if test is None else float(test),
                 val_curve=[float(v) for v in hist.history["val_accuracy"]],

@@ -210,6 +210,15 @@ class Robustness:
         """Clean accuracy minus the mean corruption accuracy."""
         return self.clean - self.mean_corruption_accuracy
 
+    def headline(self, digits=4):
+        """The figures a screen compares: the mean under corruption, Gaussian noise at its
+        mildest severity and each corruption's mean over the severities, rounded."""
+        noise = self.accuracy[self.corruptions.index("gaussian_noise"), 0]
+        return dict(mean_corruption=round(self.mean_corruption_accuracy, digits),
+                    noise_s1=round(float(noise), digits),
+                    per_corruption={name: round(float(row.mean()), digits)
+                                    for name, row in zip(self.corruptions, self.accuracy)})
+
     def rows(self):
         """One row per corruption and severity, for a CSV file."""
         return [{"model": self.model, "corruption": name, "severity": severity,

@@ -208,3 +208,11 @@ def test_csv_and_figures(tmp_path, textured):
     for name in ("robustness.png", "corruptions.png"):
         assert (tmp_path / name).stat().st_size > 10_000
     matplotlib.pyplot.close("all")
+
+
+def test_headline_gives_the_mean_the_mildest_noise_and_each_corruption():
+    accuracy = np.arange(10, dtype=np.float64).reshape(2, 5) / 10  # rows: blur, then noise
+    result = robustness.Robustness("m", clean=0.9, corruptions=("gaussian_blur", "gaussian_noise"),
+                                   accuracy=accuracy, n_images=10)
+    assert result.headline() == {"mean_corruption": 0.45, "noise_s1": 0.5,
+                                 "per_corruption": {"gaussian_blur": 0.2, "gaussian_noise": 0.7}}
