@@ -79,7 +79,7 @@ def add_run_options(run_parser):
     option("--third-preset", choices=THIRD_PRESETS, default="tuned",
            help="the recipe saved as the third model: tuned (ours, default), original "
                 "(the original project's) or robust (tuned, made robust to noise, blur and "
-                "contrast: a third of a point less clean accuracy); a preset other than the "
+                "contrast: about half a point less clean accuracy); a preset other than the "
                 "saved model's needs --retrain")
     option("--third-epochs", type=whole_number(1), default=None,
            help="epochs of the third model (default: its preset's, 16 for tuned); takes "

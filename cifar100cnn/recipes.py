@@ -82,7 +82,7 @@ THIRD_ORIGINAL = Recipe(epochs=30, batch_size=100, optimizer="rmsprop", learning
 THIRD_TUNED = Recipe(epochs=16, batch_size=512, optimizer="sgd", learning_rate=1.2,
                      augmentation="tuned", momentum=0.9, weight_decay=1e-2, warmup=0.15,
                      label_smoothing=0.2, widths=(128, 256, 512))
-# Ours, robust to noise, blur and contrast for a third of a point of clean accuracy, in the same
+# Ours, robust to noise, blur and contrast for about half a point of clean accuracy, in the same
 # time: each image standardized by its own statistics (contrast-invariant), noise on a
 # twentieth of the training images, a whitening layer that amplifies noise less
 # (docs/recipes/robustness.md).
