@@ -332,12 +332,19 @@ def pick_examples(y_true, proba, n_right=4, n_wrong=4, seed=0):
     return [int(i) for i in np.concatenate(chosen)]
 
 
-def saved_or_predicted(name, model, x_test, arrays_dir="arrays"):
-    """The probabilities TestModels.ipynb saved for ``name`` when they fit ``x_test``, else predict."""
+def saved_or_predicted(name, model, x_test, arrays_dir="arrays", check=8):
+    """The probabilities TestModels.ipynb saved for ``name``, else a fresh prediction.
+
+    The saved ones are used only when they fit ``x_test`` and ``model`` still gives them on
+    its first ``check`` images (to the float16 they are kept in): a model trained again since
+    is predicted afresh, never shown with another model's probabilities.
+    """
     path = proba_path(name, arrays_dir)
     if os.path.exists(path):
         proba = artifacts.load_array(path).astype(np.float32)
-        if proba.shape == (len(x_test), data.NUM_CLASSES):
+        if (proba.shape == (len(x_test), data.NUM_CLASSES)
+                and np.allclose(predict_raw(model, x_test[:check], description=None), proba[:check],
+                                atol=2e-3)):
             print(f"Reusing {path} (saved by TestModels.ipynb).")
             return proba
     return predict_in_batches(model, x_test, description=f"predict {name}")

@@ -201,9 +201,17 @@ def test_missing_test_arrays_are_written_from_the_dataset_once(tmp_path):
     np.testing.assert_array_equal(artifacts.load_test_arrays(tmp_path / "arrays")[1], y_test[::-1])
 
 
-def test_saved_probabilities_are_reused(tmp_path, random_predictions):
-    _, proba = random_predictions
-    x = np.zeros((300, 32, 32, 3), np.uint8)
+def test_saved_probabilities_are_reused_only_for_the_model_that_made_them(tmp_path, capsys,
+                                                                         small_model):
+    x = np.random.default_rng(0).integers(0, 256, (300, 32, 32, 3), dtype=np.uint8)
+    model, retrained = small_model(seed=0), small_model(seed=1)
+    proba = model.predict(x, verbose=0)
     evaluation.save_probabilities("third", proba, tmp_path)
-    reused = evaluation.saved_or_predicted("third", None, x, tmp_path)
-    assert reused.dtype == np.float32 and np.allclose(reused, proba, atol=1e-3)
+    saved = artifacts.load_array(evaluation.proba_path("third", tmp_path)).astype(np.float32)
+    reused = evaluation.saved_or_predicted("third", model, x, tmp_path)
+    assert "Reusing" in capsys.readouterr().out
+    assert reused.dtype == np.float32 and np.array_equal(reused, saved)
+    # Another model (trained again since): predicted afresh, not shown with the saved ones.
+    fresh = evaluation.saved_or_predicted("third", retrained, x, tmp_path)
+    assert "Reusing" not in capsys.readouterr().out
+    assert np.allclose(fresh, retrained.predict(x, verbose=0), atol=1e-5)
