@@ -30,7 +30,10 @@ FIELDS = {field.name for field in dataclasses.fields(recipes.Recipe)}
 
 
 def _value(text):
-    """A recipe value from the command line: ``128/256/512`` a tuple, else int, float or str."""
+    """A recipe value from the command line: ``128/256/512`` a tuple, ``true``/``false`` a bool,
+    else int, float or str."""
+    if text.lower() in ("true", "false"):
+        return text.lower() == "true"
     if "/" in text:
         return tuple(int(v) for v in text.split("/"))
     for kind in (int, float):

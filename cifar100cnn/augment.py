@@ -174,7 +174,7 @@ class RandomAffine(layers.Layer):
                 "whole_pixels": self.whole_pixels}
 
 
-def build_augmentation(kind, seed=0, xla=False):
+def build_augmentation(kind, seed=0, xla=False, mirror=True):
     """The random transform applied to training batches.
 
     Args:
@@ -182,6 +182,8 @@ def build_augmentation(kind, seed=0, xla=False):
         seed: its random seed (default 0).
         xla: default False: TensorFlow's resampling kernel (for tf.data on a CPU); True:
             ``resample_affine``, compilable by XLA (the first layer of the model being trained).
+        mirror: default True: the preset's random horizontal flip; False: none (the batches
+            mirror the images instead: ``AlternatingFlips``).
 
     Returns:
         A float32 ``RandomAffine`` layer, or None for ``kind=None``.
@@ -190,9 +192,9 @@ def build_augmentation(kind, seed=0, xla=False):
         return None
     if kind not in AUGMENTATIONS:
         raise ValueError(f"unknown augmentation {kind!r}; expected None or one of {list(AUGMENTATIONS)}")
+    preset = AUGMENTATIONS[kind] if mirror else {**AUGMENTATIONS[kind], "horizontal_flip": False}
     # float32 even under mixed precision: the random angles and shifts are float32.
-    return RandomAffine(**AUGMENTATIONS[kind], seed=seed, xla=xla, name=f"augment_{kind}",
-                        dtype="float32")
+    return RandomAffine(**preset, seed=seed, xla=xla, name=f"augment_{kind}", dtype="float32")
 
 
 AUGMENT_PLACES = ("auto", "pipeline", "model")
@@ -239,23 +241,24 @@ def with_augmentation(model, augment):
     return keras.Model(inputs, model(augment(inputs)), name=f"{model.name}_augmented")
 
 
-def pipeline_augmentation(kind, seed, augment_on):
+def pipeline_augmentation(kind, seed, augment_on, mirror=True):
     """The augmentation for the tf.data map.
 
     Args:
         kind: a preset of ``AUGMENTATIONS`` or None.
         seed: its random seed.
         augment_on: "auto", "pipeline" or "model": see ``augment_in_model``.
+        mirror: default True; False: without the preset's random flip (see ``build_augmentation``).
 
     Returns:
         A ``RandomAffine`` layer; None when there is no augmentation or it runs in the model.
     """
     if kind is None or augment_in_model(augment_on):
         return None
-    return build_augmentation(kind, seed)
+    return build_augmentation(kind, seed, mirror=mirror)
 
 
-def model_to_train(model, kind, seed, augment_on, corruption=None):
+def model_to_train(model, kind, seed, augment_on, corruption=None, mirror=True):
     """``model``, preceded by augmentation ``kind`` when that runs in the model, and by the
     corruption preset ``corruption`` (always in the model: element-wise and cheap).
 
@@ -267,6 +270,7 @@ def model_to_train(model, kind, seed, augment_on, corruption=None):
         seed: the augmentation's random seed.
         augment_on: "auto", "pipeline" or "model": see ``augment_in_model``.
         corruption: a preset of ``CORRUPTIONS`` or None (default).
+        mirror: default True; False: without the preset's random flip (see ``build_augmentation``).
 
     Returns:
         ``model`` itself, or ``with_augmentation(model, ...)`` with an XLA-compilable
@@ -274,12 +278,47 @@ def model_to_train(model, kind, seed, augment_on, corruption=None):
     """
     steps = []
     if kind is not None and augment_in_model(augment_on):
-        steps.append(build_augmentation(kind, seed, xla=True))
+        steps.append(build_augmentation(kind, seed, xla=True, mirror=mirror))
     if corruption is not None:
         steps.append(build_corruption(corruption, seed))
     if not steps:
         return model
     return with_augmentation(model, steps[0] if len(steps) == 1 else keras.Sequential(steps))
+
+
+class AlternatingFlips(keras.callbacks.Callback):
+    """Each training image mirrored in every other epoch instead of at random, as in the
+    CIFAR training-speed records: a random half of the images is mirrored in the first epoch,
+    the other half in the second, and so on. Random flips can show an image the same way round
+    several epochs running; these show it both ways in every two epochs, which counts in a
+    short run.
+
+    The batches call it with the rows they gather (``inputs.make_batches(..., flips=...)``).
+    As a callback of ``fit`` it learns each epoch's number before Keras starts that epoch's
+    batches, so a resumed run goes on alternating where it stopped.
+
+    Args:
+        count: the number of training images.
+        seed: which half starts mirrored (default 0).
+    """
+
+    def __init__(self, count, seed=0):
+        super().__init__()
+        self.first = np.random.default_rng(seed).random(count) < 0.5
+        self.epoch = 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = int(epoch)
+
+    def mirrored(self, rows):
+        """Whether each of ``rows`` (indices of training images) is mirrored this epoch."""
+        return self.first[rows] ^ (self.epoch % 2 == 1)
+
+    def __call__(self, images, rows):
+        """``images`` (a gathered batch, NHWC, changed in place) with this epoch's rows mirrored."""
+        flip = self.mirrored(np.asarray(rows))
+        images[flip] = images[flip][:, :, ::-1]
+        return images
 
 
 # ---------------------------------------------------------------------------

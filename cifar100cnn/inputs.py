@@ -22,15 +22,17 @@ class ArrayBatches(keras.utils.PyDataset):
         batch_size: rows per batch (the last batch may be smaller).
         shuffle: default False.
         seed: default 0.
+        flips: default None; an ``augment.AlternatingFlips``: mirrors the rows it says in
+            the first array (the images) as each batch is gathered.
     """
 
-    def __init__(self, arrays, batch_size, shuffle=False, seed=0):
+    def __init__(self, arrays, batch_size, shuffle=False, seed=0, flips=None):
         super().__init__()
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.arrays = [a.astype(np.int32) if a.dtype == np.int64 else a
                        for a in map(np.asarray, arrays)]
-        self.batch_size, self.shuffle, self.seed = int(batch_size), shuffle, seed
+        self.batch_size, self.shuffle, self.seed, self.flips = int(batch_size), shuffle, seed, flips
         self.epoch = 0
         self.order = self._order()
 
@@ -47,8 +49,10 @@ class ArrayBatches(keras.utils.PyDataset):
         if not 0 <= index < len(self):
             raise IndexError(f"batch {index} of {len(self)}")
         rows = self.order[index * self.batch_size:(index + 1) * self.batch_size]
-        batch = tuple(a[rows] for a in self.arrays)
-        return batch[0] if len(batch) == 1 else batch
+        batch = [a[rows] for a in self.arrays]
+        if self.flips is not None:
+            batch[0] = self.flips(batch[0], rows)
+        return batch[0] if len(batch) == 1 else tuple(batch)
 
     def on_epoch_end(self):
         self.epoch += 1
@@ -60,7 +64,7 @@ def tf_data():
     return backend() == "tensorflow"
 
 
-def make_batches(x, y=None, batch_size=100, shuffle=False, augment=None, seed=0):
+def make_batches(x, y=None, batch_size=100, shuffle=False, augment=None, seed=0, flips=None):
     """uint8 images (and labels) -> the batches ``fit`` reads on this backend.
 
     Args:
@@ -71,6 +75,8 @@ def make_batches(x, y=None, batch_size=100, shuffle=False, augment=None, seed=0)
         augment: a Keras layer applied to each training batch in ``tf.data``'s parallel map
             (TensorFlow only; elsewhere augmentation runs inside the model). Default None.
         seed: default 0.
+        flips: default None; an ``augment.AlternatingFlips`` mirroring images as they are
+            gathered (before ``augment``).
 
     Returns:
         A prefetching ``tf.data.Dataset`` under TensorFlow, else an ``ArrayBatches``.
@@ -78,14 +84,14 @@ def make_batches(x, y=None, batch_size=100, shuffle=False, augment=None, seed=0)
     if tf_data():
         from . import tf_pipeline  # imports TensorFlow: only on its backend
 
-        return tf_pipeline.make_pipeline(x, y, batch_size, shuffle, augment, seed)
+        return tf_pipeline.make_pipeline(x, y, batch_size, shuffle, augment, seed, flips)
     check_images(x, "x")
     if y is not None:
         check_labels(y, len(x), "y")
     if augment is not None:
         raise ValueError(f"augmentation in the input pipeline needs TensorFlow's tf.data; under "
                          f"{backend()} it runs inside the model (augment_on='model' or 'auto')")
-    return ArrayBatches([x] if y is None else [x, y], batch_size, shuffle, seed)
+    return ArrayBatches([x] if y is None else [x, y], batch_size, shuffle, seed, flips)
 
 
 def feature_batches(arrays, batch_size, shuffle=False, seed=0):

@@ -13,7 +13,8 @@ import warnings
 import keras
 
 from . import artifacts
-from .augment import augment_in_model, corruption_callbacks, model_to_train, pipeline_augmentation
+from .augment import (AlternatingFlips, augment_in_model, corruption_callbacks, model_to_train,
+                      pipeline_augmentation)
 from .hardware import (TF_ONLY, backend, current_strategy, gpu_names, out_of_memory, precision_policy,
                        replicas, resolve_precision, set_seed, set_up_hardware, tf_runtime)
 from .inputs import batch_count, make_batches
@@ -584,14 +585,18 @@ def fit_on_images(build, data, recipe, work_dir, seed=0, augment_on="auto", stra
         its best validation weights.
     """
     kind = recipe.augmentation
+    flips = AlternatingFlips(len(data.x_train), seed) if recipe.alternating_flips else None
+    mirror = flips is None  # else the batches mirror, not the augmentation
     train_ds = make_batches(data.x_train, data.y_train, recipe.batch_size, shuffle=True,
-                            augment=pipeline_augmentation(kind, seed, augment_on), seed=seed)
+                            augment=pipeline_augmentation(kind, seed, augment_on, mirror), seed=seed,
+                            flips=flips)
     val_ds = make_batches(data.x_val, data.y_val, recipe.batch_size)
     with (strategy or current_strategy()).scope():
         model = build()
-        trainee = model_to_train(model, kind, seed, augment_on, recipe.corruption)
+        trainee = model_to_train(model, kind, seed, augment_on, recipe.corruption, mirror)
         history = fit(trainee, train_ds, val_ds, recipe, work_dir, verbose, jit_compile=jit_compile,
-                      callbacks=[*corruption_callbacks(recipe), *callbacks])
+                      callbacks=[*corruption_callbacks(recipe), *([flips] if flips else []),
+                                 *callbacks])
     return model, history
 
 

@@ -7,14 +7,15 @@ import keras
 import numpy as np
 from keras import layers
 
+from . import artifacts
 from .data import IMAGE_SHAPE
 from .hardware import current_strategy, precision_policy, resolve_precision, set_seed
 from .inference import predict_in_batches
 from .inputs import feature_batches
 from .models import classifier, image_input
 from .recipes import VGG16, VGG16_FINETUNE
-from .training import (check_recipe, existing, fast_path, finish, fit, fit_on_images,
-                       train_with_fallback)
+from .training import (NotTheModelAskedFor, check_recipe, existing, fast_path, finish, fit,
+                       fit_on_images, train_with_fallback)
 
 # VGG16's own ("caffe") preprocessing: RGB -> BGR, then subtract the ImageNet BGR mean.
 VGG16_BGR_MEAN = (103.939, 116.779, 123.68)
@@ -238,8 +239,10 @@ def train_vgg16(data, recipe=VGG16, finetune=None, weights="imagenet", models_di
         nested = {layer.name: layer for layer in found[0].layers}
         saved_size = nested["vgg16"].input_shape[1] if "vgg16" in nested else input_size
         if saved_size != input_size:
-            print(f"Note: the saved VGG16 model sees {saved_size}x{saved_size} inputs, not "
-                  f"{input_size}x{input_size}; set retrain=True to train it at the new size.")
+            raise NotTheModelAskedFor(
+                f"{artifacts.model_path('vgg16', models_dir)} sees {saved_size}x{saved_size} "
+                f"inputs, not the {input_size}x{input_size} asked for: pass --retrain (notebook: "
+                f"retrain=True) to train it at the new size.")
         return found
     set_seed(seed)
     strategy = strategy or current_strategy()

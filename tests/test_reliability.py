@@ -269,6 +269,24 @@ def test_vgg16_is_reused_without_building_its_base(tmp_path, capsys, monkeypatch
     assert model.output_shape == (None, 100)
 
 
+def test_vgg16_of_another_input_size_is_refused_and_kept(tmp_path, capsys, monkeypatch,
+                                                         tiny_dataset):
+    models_dir = str(tmp_path)
+    base_inputs = keras.Input(shape=(64, 64, 3))
+    features = keras.layers.GlobalAveragePooling2D()(keras.layers.Conv2D(4, 3)(base_inputs))
+    base = keras.Model(base_inputs, features, name="vgg16")
+    inputs = keras.Input(shape=(32, 32, 3))
+    outputs = keras.layers.Dense(100, activation="softmax")(base(keras.layers.Resizing(64, 64)(inputs)))
+    path = artifacts.model_path("vgg16", models_dir)
+    artifacts.save_model(keras.Model(inputs, outputs), path)
+    before = open(path, "rb").read()
+    monkeypatch.setattr(transfer, "build_vgg16_base", lambda *a, **k: must_not_build())
+    with pytest.raises(training.NotTheModelAskedFor, match=r"64x64 inputs, not the 32x32 asked for: pass --retrain"):
+        transfer.train_vgg16(tiny_dataset(), recipes.recipe("vgg16", epochs=1),
+                             weights="/nonexistent.h5", models_dir=models_dir)
+    assert open(path, "rb").read() == before
+
+
 # ===========================================================================
 # Untrusted model and array files
 # ===========================================================================

@@ -30,6 +30,13 @@ def test_candidates_train_apart_are_measured_on_validation_and_appended(tmp_path
         return dataclasses.replace(made(*args, **kwargs), x_test=None, y_test=None)
 
     monkeypatch.setattr(screen_robust.data, "synthetic_dataset", without_test_images)
+    trained_with, train = [], screen_robust.training.train_image_model
+
+    def train_and_note_the_seed(*args, **kwargs):
+        trained_with.append(kwargs["seed"])
+        return train(*args, **kwargs)
+
+    monkeypatch.setattr(screen_robust.training, "train_image_model", train_and_note_the_seed)
     out, work = tmp_path / "robust.json", tmp_path / "work"
     out.write_text(json.dumps([{"candidate": "earlier"}]))
     screen_robust.main(["--synthetic", "300", "--epochs", "1", "--subset", "40", "--work", str(work),
@@ -42,7 +49,7 @@ def test_candidates_train_apart_are_measured_on_validation_and_appended(tmp_path
     assert set(result["per_corruption"]) == {"gaussian_noise", "gaussian_blur", "defocus_blur",
                                              "contrast", "brightness", "jpeg_compression", "pixelate"}
     assert result["test_set_used"] is False and result["training_minutes"] >= 0
-    assert result["seed"] == 3
+    assert result["seed"] == 3 and trained_with == [3]  # the seed reaches the training
     folder = work / "input_norm_image_corruption_noise10_widths_8_16_32_epochs_1_seed3"
     saved = artifacts.load_model(artifacts.model_path("third", str(folder)))
     assert "standardize_image" in {layer.name for layer in saved.layers}

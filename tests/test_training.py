@@ -124,6 +124,77 @@ def test_augmentation_goes_either_to_the_pipeline_or_to_the_model():
     assert augment.model_to_train(model, None, 0, "model") is model
 
 
+class _SeenImages(keras.layers.Layer):
+    """Passes images through, noting each training batch (the model runs eagerly)."""
+
+    def __init__(self, seen, **kwargs):
+        super().__init__(**kwargs)
+        self.note = seen.append  # not the list: Keras would track a copy of it
+
+    def call(self, images, training=False):
+        if training:
+            self.note(keras.ops.convert_to_numpy(images))
+        return images
+
+
+def _mirrored_per_epoch(seen):
+    """From images with a left-to-right ramp in channel 0 and their number in channel 1:
+    per epoch, {image number: mirrored?}."""
+    epochs = []
+    for item in seen:
+        if isinstance(item, str):
+            epochs.append({})
+            continue
+        for image in item:
+            number = int(round(float(image[0, 0, 1])))
+            assert number not in epochs[-1]  # each image once per epoch
+            epochs[-1][number] = bool(image[0, 0, 0] > image[0, -1, 0])
+    return epochs
+
+
+def test_alternating_flips_mirror_each_image_in_every_other_epoch_through_fit():
+    count, seen = 64, []
+    images = np.zeros((count, 32, 32, 3), np.uint8)
+    images[..., 0] = (np.arange(32) * 8)[None, None, :]  # left dark, right bright
+    images[..., 1] = np.arange(count)[:, None, None]
+    flips = augment.AlternatingFlips(count, seed=3)
+    inputs = keras.Input((32, 32, 3))
+    x = keras.layers.GlobalAveragePooling2D()(_SeenImages(seen)(inputs))
+    model = keras.Model(inputs, keras.layers.Dense(100, activation="softmax")(x))
+    model.compile(optimizer="sgd", loss="sparse_categorical_crossentropy", run_eagerly=True)
+    marker = keras.callbacks.LambdaCallback(on_epoch_begin=lambda epoch, logs: seen.append("epoch"))
+    batches = training.make_batches(images, np.arange(count), batch_size=16, shuffle=True, flips=flips)
+    model.fit(batches, epochs=3, callbacks=[flips, marker], verbose=0)
+    first, second, third = _mirrored_per_epoch(seen)
+    assert len(first) == len(second) == len(third) == count
+    assert 16 < sum(first.values()) < 48  # a random half starts mirrored
+    assert all(second[i] != first[i] for i in range(count))  # then each one alternates
+    assert third == first
+
+
+def test_a_recipe_with_alternating_flips_trains_without_random_mirroring(tmp_path, monkeypatch):
+    built, batches = [], []
+    build_augmentation, make_batches = augment.build_augmentation, training.make_batches
+
+    def noted_augmentation(*args, **kwargs):
+        built.append(build_augmentation(*args, **kwargs))
+        return built[-1]
+
+    def noted_batches(*args, **kwargs):
+        batches.append(kwargs.get("flips"))
+        return make_batches(*args, **kwargs)
+
+    monkeypatch.setattr(augment, "build_augmentation", noted_augmentation)
+    monkeypatch.setattr(training, "make_batches", noted_batches)
+    recipe = recipes.recipe("third_original", epochs=2, alternating_flips=True, augmentation="tuned")
+    training.fit_on_images(models.build_baseline, small_dataset(200, 10), recipe, str(tmp_path),
+                           verbose=0)
+    assert built and not any(layer.horizontal_flip for layer in built)
+    flips = batches[0]  # the training batches; the validation ones have none
+    assert isinstance(flips, augment.AlternatingFlips) and batches[1:] == [None]
+    assert flips.epoch == 1  # fit called it at each epoch's start
+
+
 @pytest.mark.parametrize("policy", ["float32", "mixed_float16"])
 def test_augmentation_inside_the_model_only_acts_in_training(policy):
     import keras
