@@ -76,7 +76,8 @@ def make_batches(x, y=None, batch_size=100, shuffle=False, augment=None, seed=0,
             (TensorFlow only; elsewhere augmentation runs inside the model). Default None.
         seed: default 0.
         flips: default None; an ``augment.AlternatingFlips`` mirroring images as they are
-            gathered (before ``augment``).
+            gathered (before ``augment``); pass it to ``fit``'s callbacks too, or it never
+            learns the epoch and mirrors the same half every epoch.
 
     Returns:
         A prefetching ``tf.data.Dataset`` under TensorFlow, else an ``ArrayBatches``.

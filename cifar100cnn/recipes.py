@@ -26,7 +26,7 @@ class Recipe:
     optimizer: str  # "rmsprop" (constant rate) or "sgd" (Nesterov, warm-up then cosine decay)
     learning_rate: float  # rmsprop's rate; sgd's peak rate
     augmentation: str | None = None  # a preset of augment.AUGMENTATIONS; None: no augmentation
-    alternating_flips: bool = False  # mirror each image in every other epoch, not at random (augment.AlternatingFlips)
+    alternating_flips: bool = False  # mirror each image in every other epoch (augment.AlternatingFlips), replacing the augmentation's random mirror
     corruption: str | None = None  # a preset of augment.CORRUPTIONS (noise etc. in training); None: none
     clean_epochs: int = 0  # the last epochs train without the corruption (0: it runs throughout)
     early_stopping: int | None = None  # epochs without a better val_accuracy before stopping; None: never

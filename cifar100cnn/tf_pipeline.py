@@ -14,7 +14,9 @@ def indexed_batches(arrays, batch_size, shuffle=False, seed=0, flips=None):
     ``from_tensor_slices`` would copy the arrays into the graph (a second copy of the data in
     memory); here only the indices live in tf.data and each batch is gathered with NumPy.
     With ``shuffle`` the order is a fresh full permutation every epoch. ``flips`` (an
-    ``augment.AlternatingFlips``) mirrors the images (the first array) it says as they are gathered.
+    ``augment.AlternatingFlips``, also one of ``fit``'s callbacks) mirrors the images (the first
+    array) it says as they are gathered; ``gather`` reads its epoch, which each epoch's fresh
+    iterator picks up.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")

@@ -210,7 +210,8 @@ def finish(model, history, name, models_dir, *work_dirs):
 
 
 class NotTheModelAskedFor(ValueError):
-    """A saved model to reuse is another network than the one asked for (another preset)."""
+    """A saved model to reuse is another network than the one asked for (another preset, other
+    sizes, another input size)."""
 
 
 def layout(model):
@@ -220,7 +221,7 @@ def layout(model):
             for layer in model.layers]
 
 
-def existing(name, models_dir, retrain, build=None):
+def existing(name, models_dir, retrain, build=None, check=None):
     """The saved model and history, unless ``retrain``.
 
     Args:
@@ -230,6 +231,8 @@ def existing(name, models_dir, retrain, build=None):
         build: default None; else a function returning the model asked for, untrained: a saved
             model with another layout (another preset, other widths) raises
             ``NotTheModelAskedFor`` instead of being reused (or silently replaced).
+        check: default None; else a function given the saved model that raises
+            ``NotTheModelAskedFor`` when it is not the one asked for (before "Reusing" is said).
 
     Returns:
         ``(model, history)`` when the model exists and ``retrain`` is off, else None.
@@ -243,6 +246,8 @@ def existing(name, models_dir, retrain, build=None):
             f"{path} is another {name} network than the recipe asked for builds (another "
             f"preset or other sizes): pass --retrain (notebook: retrain=True) to train the "
             f"one asked for in its place.")
+    if check is not None:
+        check(model)
     print(f"Reusing {path} (trained earlier); set retrain=True to train it again.")
     history_file = artifacts.history_path(name, models_dir)
     history = artifacts.load_json(history_file) if os.path.exists(history_file) else {}
@@ -586,14 +591,14 @@ def fit_on_images(build, data, recipe, work_dir, seed=0, augment_on="auto", stra
     """
     kind = recipe.augmentation
     flips = AlternatingFlips(len(data.x_train), seed) if recipe.alternating_flips else None
-    mirror = flips is None  # else the batches mirror, not the augmentation
+    random_mirror = flips is None  # else the batches mirror, not the augmentation
     train_ds = make_batches(data.x_train, data.y_train, recipe.batch_size, shuffle=True,
-                            augment=pipeline_augmentation(kind, seed, augment_on, mirror), seed=seed,
+                            augment=pipeline_augmentation(kind, seed, augment_on, random_mirror), seed=seed,
                             flips=flips)
     val_ds = make_batches(data.x_val, data.y_val, recipe.batch_size)
     with (strategy or current_strategy()).scope():
         model = build()
-        trainee = model_to_train(model, kind, seed, augment_on, recipe.corruption, mirror)
+        trainee = model_to_train(model, kind, seed, augment_on, recipe.corruption, random_mirror)
         history = fit(trainee, train_ds, val_ds, recipe, work_dir, verbose, jit_compile=jit_compile,
                       callbacks=[*corruption_callbacks(recipe), *([flips] if flips else []),
                                  *callbacks])

@@ -216,7 +216,8 @@ def train_vgg16(data, recipe=VGG16, finetune=None, weights="imagenet", models_di
             then unfreeze block 5 and train the whole model from images with it.
         weights: "imagenet" (default), a local .h5 file, or None (random weights).
         models_dir: where models, histories and checkpoints go (default "models").
-        retrain: default False: an existing saved model is reused.
+        retrain: default False: an existing saved model is reused (one that sees another
+            input size raises ``training.NotTheModelAskedFor``).
         seed: the random seed (default 0).
         strategy: default None: the current strategy.
         verbose: Keras verbosity (default 1).
@@ -234,15 +235,9 @@ def train_vgg16(data, recipe=VGG16, finetune=None, weights="imagenet", models_di
     if finetune is not None:
         check_recipe(finetune)
     input_size = check_vgg16_input_size(recipe.input_size)
-    found = existing("vgg16", models_dir, retrain)
+    found = existing("vgg16", models_dir, retrain,
+                     check=lambda saved: check_vgg16_sees(saved, input_size, models_dir))
     if found:
-        nested = {layer.name: layer for layer in found[0].layers}
-        saved_size = nested["vgg16"].input_shape[1] if "vgg16" in nested else input_size
-        if saved_size != input_size:
-            raise NotTheModelAskedFor(
-                f"{artifacts.model_path('vgg16', models_dir)} sees {saved_size}x{saved_size} "
-                f"inputs, not the {input_size}x{input_size} asked for: pass --retrain (notebook: "
-                f"retrain=True) to train it at the new size.")
         return found
     set_seed(seed)
     strategy = strategy or current_strategy()
@@ -272,6 +267,17 @@ def train_vgg16(data, recipe=VGG16, finetune=None, weights="imagenet", models_di
     finish(model, history, "vgg16", models_dir, work_dir,
            vgg16_checkpoints(models_dir, "vgg16_finetune", input_size))
     return model, history
+
+
+def check_vgg16_sees(model, input_size, models_dir):
+    """``NotTheModelAskedFor`` unless the saved VGG16 ``model`` sees ``input_size`` inputs."""
+    nested = {layer.name: layer for layer in model.layers}
+    saved_size = nested["vgg16"].input_shape[1] if "vgg16" in nested else input_size
+    if saved_size != input_size:
+        raise NotTheModelAskedFor(
+            f"{artifacts.model_path('vgg16', models_dir)} sees {saved_size}x{saved_size} inputs, "
+            f"not the {input_size}x{input_size} asked for: pass --retrain (notebook: "
+            f"retrain=True) to train it at the new size.")
 
 
 def vgg16_checkpoints(models_dir, stage, input_size):

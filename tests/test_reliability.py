@@ -284,6 +284,7 @@ def test_vgg16_of_another_input_size_is_refused_and_kept(tmp_path, capsys, monke
     with pytest.raises(training.NotTheModelAskedFor, match=r"64x64 inputs, not the 32x32 asked for: pass --retrain"):
         transfer.train_vgg16(tiny_dataset(), recipes.recipe("vgg16", epochs=1),
                              weights="/nonexistent.h5", models_dir=models_dir)
+    assert "Reusing" not in capsys.readouterr().out
     assert open(path, "rb").read() == before
 
 

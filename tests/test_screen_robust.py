@@ -19,6 +19,9 @@ def test_overrides_take_the_types_of_the_recipe_fields():
     assert screen_robust.parse_overrides("corruption=noise10,whiten_eps=0.01,epochs=3,widths=8/16/32") == {
         "corruption": "noise10", "whiten_eps": 0.01, "epochs": 3, "widths": (8, 16, 32)}
     assert screen_robust.parse_overrides("-") == {}
+    assert screen_robust.parse_overrides("alternating_flips=true,input_norm=image") == {
+        "alternating_flips": True, "input_norm": "image"}
+    assert screen_robust.parse_overrides("alternating_flips=False") == {"alternating_flips": False}
     with pytest.raises(SystemExit, match="unknown recipe field 'whiten_epz'"):
         screen_robust.parse_overrides("whiten_epz=0.01")
 

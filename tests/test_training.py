@@ -7,7 +7,7 @@ import keras
 import numpy as np
 import pytest
 
-from cifar100cnn import artifacts, augment, data, models, recipes, training, transfer, tuning
+from cifar100cnn import artifacts, augment, data, inputs, models, recipes, training, transfer, tuning
 
 # Augmentation in tf.data, and tf.function, exist under TensorFlow alone.
 needs_tf = pytest.mark.skipif(keras.config.backend() != "tensorflow",
@@ -78,10 +78,13 @@ def test_upscaled_vgg16_finetunes_saves_and_is_reused(tmp_path, capsys):
     assert saved.get_layer("vgg16").input_shape[1:] == (64, 64, 3)
     np.testing.assert_allclose(saved.predict(dataset.x_test, verbose=0),
                                model.predict(dataset.x_test, verbose=0), atol=1e-5)
-    reused, _ = transfer.train_vgg16(dataset, recipes.recipe("vgg16", epochs=1), weights=None,
-                                     models_dir=str(tmp_path))
+    reused, _ = transfer.train_vgg16(dataset, recipes.recipe("vgg16", epochs=1, input_size=64),
+                                     weights=None, models_dir=str(tmp_path))
     assert reused.get_layer("vgg16").input_shape[1:] == (64, 64, 3)
-    assert "sees 64x64 inputs, not 32x32" in capsys.readouterr().out
+    assert "Reusing" in capsys.readouterr().out
+    with pytest.raises(training.NotTheModelAskedFor, match="sees 64x64 inputs, not the 32x32"):
+        transfer.train_vgg16(dataset, recipes.recipe("vgg16", epochs=1), weights=None,
+                             models_dir=str(tmp_path))
 
 
 @pytest.mark.slow
@@ -152,27 +155,55 @@ def _mirrored_per_epoch(seen):
     return epochs
 
 
-def test_alternating_flips_mirror_each_image_in_every_other_epoch_through_fit():
-    count, seen = 64, []
+def _fit_and_see(flips, count, **fit_args):
+    """Fit a model that notes its training images on ``count`` numbered ramp images mirrored by
+    ``flips``; per epoch, {image number: mirrored?}."""
+    seen = []
     images = np.zeros((count, 32, 32, 3), np.uint8)
     images[..., 0] = (np.arange(32) * 8)[None, None, :]  # left dark, right bright
     images[..., 1] = np.arange(count)[:, None, None]
-    flips = augment.AlternatingFlips(count, seed=3)
-    inputs = keras.Input((32, 32, 3))
-    x = keras.layers.GlobalAveragePooling2D()(_SeenImages(seen)(inputs))
-    model = keras.Model(inputs, keras.layers.Dense(100, activation="softmax")(x))
+    image = keras.Input((32, 32, 3))
+    x = keras.layers.GlobalAveragePooling2D()(_SeenImages(seen)(image))
+    model = keras.Model(image, keras.layers.Dense(100, activation="softmax")(x))
     model.compile(optimizer="sgd", loss="sparse_categorical_crossentropy", run_eagerly=True)
     marker = keras.callbacks.LambdaCallback(on_epoch_begin=lambda epoch, logs: seen.append("epoch"))
     batches = training.make_batches(images, np.arange(count), batch_size=16, shuffle=True, flips=flips)
-    model.fit(batches, epochs=3, callbacks=[flips, marker], verbose=0)
-    first, second, third = _mirrored_per_epoch(seen)
-    assert len(first) == len(second) == len(third) == count
+    model.fit(batches, callbacks=[flips, marker], shuffle=False, verbose=0, **fit_args)
+    return _mirrored_per_epoch(seen)
+
+
+def test_alternating_flips_mirror_each_image_in_every_other_epoch_through_fit():
+    count = 64
+    flips = augment.AlternatingFlips(count, seed=3)
+    first, second, third = _fit_and_see(flips, count, epochs=3)
+    assert first == {i: bool(flips.first[i]) for i in range(count)}
+    assert len(second) == len(third) == count
     assert 16 < sum(first.values()) < 48  # a random half starts mirrored
     assert all(second[i] != first[i] for i in range(count))  # then each one alternates
     assert third == first
 
 
-def test_a_recipe_with_alternating_flips_trains_without_random_mirroring(tmp_path, monkeypatch):
+def test_alternating_flips_go_on_alternating_in_a_resumed_run():
+    count = 64
+    flips = augment.AlternatingFlips(count, seed=3)
+    (resumed,) = _fit_and_see(flips, count, initial_epoch=1, epochs=2)  # epoch 1 of 0, 1
+    assert resumed == {i: not flips.first[i] for i in range(count)}
+
+
+def test_array_batches_mirror_the_rows_alternating_flips_name():
+    images = np.zeros((6, 32, 32, 3), np.uint8)
+    images[..., 0] = np.arange(32)[None, None, :]
+    flips = augment.AlternatingFlips(6, seed=0)
+    flips.on_epoch_begin(1)
+    batch, labels = inputs.ArrayBatches([images, np.arange(6)], 6, flips=flips)[0]
+    mirrored = batch[:, 0, 0, 0] > batch[:, 0, -1, 0]
+    np.testing.assert_array_equal(mirrored, ~flips.first)
+    assert images[0, 0, 0, 0] == 0  # the source array is untouched
+
+
+@pytest.mark.parametrize("augment_on", ["pipeline", "model"])
+def test_a_recipe_with_alternating_flips_trains_without_random_mirroring(tmp_path, monkeypatch,
+                                                                         augment_on):
     built, batches = [], []
     build_augmentation, make_batches = augment.build_augmentation, training.make_batches
 
@@ -187,8 +218,10 @@ def test_a_recipe_with_alternating_flips_trains_without_random_mirroring(tmp_pat
     monkeypatch.setattr(augment, "build_augmentation", noted_augmentation)
     monkeypatch.setattr(training, "make_batches", noted_batches)
     recipe = recipes.recipe("third_original", epochs=2, alternating_flips=True, augmentation="tuned")
+    if keras.config.backend() != "tensorflow" and augment_on == "pipeline":
+        pytest.skip("augmentation in tf.data needs TensorFlow")
     training.fit_on_images(models.build_baseline, small_dataset(200, 10), recipe, str(tmp_path),
-                           verbose=0)
+                           augment_on=augment_on, verbose=0)
     assert built and not any(layer.horizontal_flip for layer in built)
     flips = batches[0]  # the training batches; the validation ones have none
     assert isinstance(flips, augment.AlternatingFlips) and batches[1:] == [None]
