@@ -221,18 +221,28 @@ def layout(model):
             for layer in model.layers]
 
 
-def existing(name, models_dir, retrain, build=None, check=None):
+def same_layout_as(build, name):
+    """A ``check`` for ``existing``: ``NotTheModelAskedFor`` unless the saved model has the
+    layout of the model ``build`` returns (not another preset, not other widths)."""
+    def check(model, path):
+        if layout(model) != layout(build()):
+            raise NotTheModelAskedFor(
+                f"{path} is another {name} network than the recipe asked for builds (another "
+                f"preset or other sizes): pass --retrain (notebook: retrain=True) to train the "
+                f"one asked for in its place.")
+    return check
+
+
+def existing(name, models_dir, retrain, check=None):
     """The saved model and history, unless ``retrain``.
 
     Args:
         name: the model's name (``artifacts.MODEL_FILES``).
         models_dir: the folder of models.
         retrain: whether to train again whatever exists.
-        build: default None; else a function returning the model asked for, untrained: a saved
-            model with another layout (another preset, other widths) raises
-            ``NotTheModelAskedFor`` instead of being reused (or silently replaced).
-        check: default None; else a function given the saved model that raises
-            ``NotTheModelAskedFor`` when it is not the one asked for (before "Reusing" is said).
+        check: default None; else a function given the saved model and its path that raises
+            ``NotTheModelAskedFor`` when it is not the one asked for (e.g. ``same_layout_as``),
+            before "Reusing" is said: the file is then neither reused nor replaced unasked.
 
     Returns:
         ``(model, history)`` when the model exists and ``retrain`` is off, else None.
@@ -241,13 +251,8 @@ def existing(name, models_dir, retrain, build=None, check=None):
     if retrain or not os.path.exists(path):
         return None
     model = artifacts.load_model(path)
-    if build is not None and layout(model) != layout(build()):
-        raise NotTheModelAskedFor(
-            f"{path} is another {name} network than the recipe asked for builds (another "
-            f"preset or other sizes): pass --retrain (notebook: retrain=True) to train the "
-            f"one asked for in its place.")
     if check is not None:
-        check(model)
+        check(model, path)
     print(f"Reusing {path} (trained earlier); set retrain=True to train it again.")
     history_file = artifacts.history_path(name, models_dir)
     history = artifacts.load_json(history_file) if os.path.exists(history_file) else {}
@@ -593,8 +598,8 @@ def fit_on_images(build, data, recipe, work_dir, seed=0, augment_on="auto", stra
     flips = AlternatingFlips(len(data.x_train), seed) if recipe.alternating_flips else None
     random_mirror = flips is None  # else the batches mirror, not the augmentation
     train_ds = make_batches(data.x_train, data.y_train, recipe.batch_size, shuffle=True,
-                            augment=pipeline_augmentation(kind, seed, augment_on, random_mirror), seed=seed,
-                            flips=flips)
+                            augment=pipeline_augmentation(kind, seed, augment_on, random_mirror),
+                            seed=seed, flips=flips)
     val_ds = make_batches(data.x_val, data.y_val, recipe.batch_size)
     with (strategy or current_strategy()).scope():
         model = build()
@@ -656,7 +661,7 @@ def train_image_model(name, build, data, recipe, models_dir="models", retrain=Fa
     augment_in_model(augment_on)  # refuse bad values before any work
     use_jit(jit_compile)
     precision = resolve_precision(precision)
-    found = existing(name, models_dir, retrain, build)
+    found = existing(name, models_dir, retrain, same_layout_as(build, name))
     if found:
         return found
     strategy = strategy or current_strategy()

@@ -7,7 +7,6 @@ import keras
 import numpy as np
 from keras import layers
 
-from . import artifacts
 from .data import IMAGE_SHAPE
 from .hardware import current_strategy, precision_policy, resolve_precision, set_seed
 from .inference import predict_in_batches
@@ -236,7 +235,7 @@ def train_vgg16(data, recipe=VGG16, finetune=None, weights="imagenet", models_di
         check_recipe(finetune)
     input_size = check_vgg16_input_size(recipe.input_size)
     found = existing("vgg16", models_dir, retrain,
-                     check=lambda saved: check_vgg16_sees(saved, input_size, models_dir))
+                     check=lambda saved, path: check_vgg16_sees(saved, input_size, path))
     if found:
         return found
     set_seed(seed)
@@ -269,13 +268,14 @@ def train_vgg16(data, recipe=VGG16, finetune=None, weights="imagenet", models_di
     return model, history
 
 
-def check_vgg16_sees(model, input_size, models_dir):
-    """``NotTheModelAskedFor`` unless the saved VGG16 ``model`` sees ``input_size`` inputs."""
+def check_vgg16_sees(model, input_size, path):
+    """``NotTheModelAskedFor`` unless the saved VGG16 ``model`` (from ``path``) sees
+    ``input_size`` inputs."""
     nested = {layer.name: layer for layer in model.layers}
     saved_size = nested["vgg16"].input_shape[1] if "vgg16" in nested else input_size
     if saved_size != input_size:
         raise NotTheModelAskedFor(
-            f"{artifacts.model_path('vgg16', models_dir)} sees {saved_size}x{saved_size} inputs, "
+            f"{path} sees {saved_size}x{saved_size} inputs, "
             f"not the {input_size}x{input_size} asked for: pass --retrain (notebook: "
             f"retrain=True) to train it at the new size.")
 
