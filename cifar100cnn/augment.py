@@ -397,6 +397,7 @@ CORRUPTIONS = {
     "noise25": dict(noise=0.25),
     "noise10": dict(noise=0.1),
     "noise05": dict(noise=0.05),
+    "noise025": dict(noise=0.025),  # a fortieth
     "mixed": dict(noise=0.5, blur=0.3, contrast=0.3),
     "mixed_light": dict(noise=0.3, blur=0.2, contrast=0.2),
     "mixed_heavy": dict(noise=0.6, blur=0.4, contrast=0.4),
