@@ -76,13 +76,13 @@ def add_run_options(run_parser):
     option("--vgg16-input-size", type=whole_number(32, 224), default=None,
            help="upscale images to this size for VGG16 (32-224; default: the recipe's 32, "
                 "as the original)")
-    option("--third-preset", choices=THIRD_PRESETS, default="tuned",
-           help="the recipe saved as the third model: tuned (ours, default), original "
-                "(the original project's) or robust (tuned, made robust to noise, blur and "
-                "contrast: about half a point less clean accuracy); a preset other than the "
-                "saved model's needs --retrain")
+    option("--third-preset", choices=THIRD_PRESETS, default="robust",
+           help="the recipe saved as the third model: robust (ours, default: tuned and made "
+                "robust to noise, blur and contrast), tuned (ours, fragile to noise) or "
+                "original (the original project's); a preset other than the saved model's "
+                "needs --retrain")
     option("--third-epochs", type=whole_number(1), default=None,
-           help="epochs of the third model (default: its preset's, 16 for tuned); takes "
+           help="epochs of the third model (default: its preset's, 16 for robust and tuned); takes "
                 "effect when the model is trained (--retrain, or no saved model)")
     option("--precision", default="auto",
            choices=("auto", "float32", "mixed_float16", "mixed_bfloat16"),

@@ -83,12 +83,13 @@ THIRD_ORIGINAL = Recipe(epochs=30, batch_size=100, optimizer="rmsprop", learning
 THIRD_TUNED = Recipe(epochs=16, batch_size=512, optimizer="sgd", learning_rate=1.2,
                      augmentation="tuned", momentum=0.9, weight_decay=1e-2, warmup=0.15,
                      label_smoothing=0.2, widths=(128, 256, 512))
-# Ours, robust to noise, blur and contrast for about half a point of clean accuracy, in the same
-# time: each image standardized by its own statistics (contrast-invariant), noise on a
-# twentieth of the training images, a whitening layer that amplifies noise less
-# (docs/recipes/robustness.md).
+# Ours and the default, robust to noise, blur and contrast in the same time: each image
+# standardized by its own statistics (contrast-invariant), noise on a twentieth of the training
+# images, a whitening layer that amplifies noise less, each image mirrored in every other epoch
+# (docs/recipes/robustness.md). Over three seeds about 0.3 points of clean accuracy below
+# THIRD_TUNED on validation.
 THIRD_ROBUST = dataclasses.replace(THIRD_TUNED, input_norm="image", corruption="noise05",
-                                   whiten_eps=0.01)
+                                   whiten_eps=0.01, alternating_flips=True)
 # A ResNet-9 style recipe (width 32): 0.644, kept for comparison (docs/efficiency.md).
 THIRD_RESNET9 = Recipe(epochs=30, batch_size=128, optimizer="sgd", learning_rate=0.1,
                        augmentation="resnet9", early_stopping=8, momentum=0.9,

@@ -145,13 +145,13 @@ def test_third_model_notebook_trains_the_model_its_recipe_describes(best, widths
     np.testing.assert_array_equal(_kernel(model), models.whitening_kernel(dataset.x_train))
 
 
-def test_the_robust_preset_trains_the_tuned_network_per_image_with_noise_and_a_gentler_whitening(
+def test_the_robust_preset_trains_the_tuned_network_per_image_with_noise_a_gentler_whitening_and_alternating_flips(
         tiny_dataset, monkeypatch):
     dataset = tiny_dataset(n_train=300, n_test=20)
     given = _run_third_model_cells(None, dataset, monkeypatch, preset="robust")
     recipe, model = given["recipe"], given["model"]
     assert recipe == recipes.recipe("third_tuned", epochs=1, input_norm="image", corruption="noise05",
-                                    whiten_eps=0.01)
+                                    whiten_eps=0.01, alternating_flips=True)
     convs = [layer.filters for layer in model.layers if isinstance(layer, keras.layers.Conv2D)]
     assert tuple(convs[1::2]) == recipes.THIRD_TUNED.widths
     assert "standardize_image" in [layer.name for layer in model.layers]

@@ -157,3 +157,22 @@ def test_every_training_precision_of_the_cli_reaches_only_the_training_notebooks
     takers = [name for name in cli.NOTEBOOKS
               if "precision" in cli.notebook_arguments(os.path.join(REPO, name), parameters)]
     assert takers == ["TrainingModels.ipynb", "ThirdModel.ipynb"]
+
+
+def test_the_default_third_preset_is_the_committed_models_in_the_cli_and_in_the_notebook():
+    from cifar100cnn import artifacts, models, recipes, training
+
+    default = cli.parse_args(["run"]).third_preset
+    notebook = {}
+    exec(code_cells("ThirdModel.ipynb")[0], notebook)
+    assert notebook["third_preset"] == default == "robust"
+    committed = artifacts.load_model(os.path.join(REPO, "models", "cifar100_third_cnn.keras"))
+    images = np.random.default_rng(0).integers(0, 256, (64, 32, 32, 3), dtype=np.uint8)
+    asked_for = training.same_layout_as(
+        lambda: models.build(f"third_{default}", recipes.recipe(f"third_{default}"), whitening_images=images),
+        "third")
+    asked_for(committed, "models/cifar100_third_cnn.keras")  # raises for another preset's network
+    other = training.same_layout_as(
+        lambda: models.build("third_tuned", recipes.THIRD_TUNED, whitening_images=images), "third")
+    with pytest.raises(training.NotTheModelAskedFor):
+        other(committed, "models/cifar100_third_cnn.keras")
