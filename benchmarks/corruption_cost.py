@@ -1,7 +1,9 @@
 """What robustness costs per training step: the tuned third recipe (``recipes.THIRD_TUNED``)
 against the robust one (``recipes.THIRD_ROBUST``: each image standardized by its own
-statistics, noise on a tenth of the images inside the training step, whitening eps 0.01; see
-docs/recipes/robustness.md), timed side by side in one process.
+statistics, noise on a twentieth of the images inside the training step, whitening eps 0.01;
+its alternating flips happen in the input pipeline, outside the step; see
+docs/recipes/robustness.md), timed side by side in one process. benchmarks/training_time.py
+times whole training runs of both.
 
 Both are trained as ``training.train_image_model`` trains them on a CPU: the flips and shifts in
 the input pipeline (here applied once beforehand to fixed batches), the corruption inside the
