@@ -37,8 +37,8 @@ def train_once(preset, dataset, epochs):
             "third", lambda: models.build(preset, recipe, whitening_images=dataset.x_train),
             dataset, recipe, models_dir, retrain=True, seed=0, strategy=setup.strategy, verbose=0,
             augment_on=setup.augment_on, jit_compile=setup.jit_compile, precision=setup.precision)
-        epochs = getattr(history, "history", history)["seconds"]
-        return time.perf_counter() - start, epochs, setup.precision
+        spent = time.perf_counter() - start
+    return spent, getattr(history, "history", history)["seconds"], setup.precision
 
 
 def main(argv=None):
@@ -55,11 +55,11 @@ def main(argv=None):
     later_epochs = {preset: [] for preset in PRESETS}  # the first epoch also traces and builds
     for round_ in range(args.rounds):
         for preset in PRESETS if round_ % 2 == 0 else PRESETS[::-1]:
-            spent, epochs, precision = train_once(preset, dataset, args.epochs)
+            spent, per_epoch, precision = train_once(preset, dataset, args.epochs)
             seconds[preset].append(spent)
-            later_epochs[preset] += epochs[1:]
+            later_epochs[preset] += per_epoch[1:]
             print(f"round {round_ + 1}: {preset} {spent:.1f} s; epochs "
-                  f"{', '.join(f'{s:.1f}' for s in epochs)} s", flush=True)
+                  f"{', '.join(f'{s:.1f}' for s in per_epoch)} s", flush=True)
     mean = {preset: sum(values) / len(values) for preset, values in seconds.items()}
     print(f"{training_record.machine()}, {precision}; {args.train:,} training and "
           f"{len(dataset.x_val):,} validation images, {args.epochs} epochs per call")
