@@ -6,7 +6,7 @@ import os
 import sys
 
 from . import environment, runner
-from .recipes import THIRD_PRESETS
+from .recipes import SHIPPED_THIRD_PRESET, THIRD_PRESETS
 from .runner import (KERNEL_ARGUMENTS, NOTEBOOKS, REPO_ROOT, failed_folder,  # noqa: F401 (the CLI's API)
                      kernel_environment, kernel_parameters, notebook_arguments)
 
@@ -76,7 +76,7 @@ def add_run_options(run_parser):
     option("--vgg16-input-size", type=whole_number(32, 224), default=None,
            help="upscale images to this size for VGG16 (32-224; default: the recipe's 32, "
                 "as the original)")
-    option("--third-preset", choices=THIRD_PRESETS, default="robust",
+    option("--third-preset", choices=THIRD_PRESETS, default=SHIPPED_THIRD_PRESET,
            help="the recipe saved as the third model: robust (ours, default: tuned and made "
                 "robust to noise, blur and contrast), tuned (ours, fragile to noise) or "
                 "original (the original project's); a preset other than the saved model's "

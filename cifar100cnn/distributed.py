@@ -57,10 +57,12 @@ def is_chief(environ=None):
     return task_type == "chief" or (task_type == "worker" and index == 0 and "chief" not in cluster)
 
 
-def builder(name, data):
-    """The function that builds model ``name`` and its recipe's name."""
+def builder(name, data, third_preset=recipes.SHIPPED_THIRD_PRESET):
+    """The function that builds model ``name`` and its recipe's name (for "third", the recipe
+    of ``third_preset``)."""
     if name == "third":
-        return (lambda: models.build_third("tuned", whitening_images=data.x_train)), "third_tuned"
+        return (lambda: models.build_third(third_preset, whitening_images=data.x_train)), \
+            f"third_{third_preset}"
     builders = {"baseline": models.build_baseline, "overfit": models.build_overfit,
                 "third_original": models.build_third_original}
     if name not in builders:
@@ -68,7 +70,8 @@ def builder(name, data):
     return builders[name], name
 
 
-def train(name, data, models_dir="models", epochs=None, seed=0, precision="auto", verbose=2):
+def train(name, data, models_dir="models", epochs=None, seed=0, precision="auto", verbose=2,
+          third_preset=recipes.SHIPPED_THIRD_PRESET):
     """Train model ``name`` on every worker of ``TF_CONFIG``'s cluster with
     ``MultiWorkerMirroredStrategy``; the chief saves it under ``models_dir``.
 
@@ -80,13 +83,14 @@ def train(name, data, models_dir="models", epochs=None, seed=0, precision="auto"
     is started again on every machine.
 
     Args:
-        name: "baseline", "overfit", "third_original" or "third" (the tuned recipe).
+        name: "baseline", "overfit", "third_original" or "third".
         data: a ``data.Dataset``, the same on every worker.
         models_dir: where the chief writes the model, its history and its checkpoints.
         epochs: default: the recipe's.
         seed: the same on every worker.
         precision: as in ``hardware.configure_hardware``.
         verbose: Keras verbosity on the chief (the other workers are silent).
+        third_preset: the recipe of "third" (default: the committed model's, "robust").
 
     Returns:
         ``(model, history, path)``: ``path`` is the saved model on the chief, None elsewhere.
@@ -94,7 +98,7 @@ def train(name, data, models_dir="models", epochs=None, seed=0, precision="auto"
     chief = is_chief()
     strategy = tf.distribute.MultiWorkerMirroredStrategy()
     precision = hardware.resolve_precision(precision)
-    build, recipe_name = builder(name, data)
+    build, recipe_name = builder(name, data, third_preset)
     if chief:  # an earlier, interrupted run must not be resumed by the chief alone
         shutil.rmtree(os.path.join(models_dir, "checkpoints", name), ignore_errors=True)
     scratch = None if chief else tempfile.mkdtemp(prefix="cifar100cnn_worker_")
@@ -126,17 +130,25 @@ def search(data, max_epochs=10, budget_trials=6, directory="tuner", seed=0, resu
                                verbose, widths or tuning.WIDTHS)
 
 
-def parse_args(argv=None):
+def build_parser():
+    """The command line of ``python -m cifar100cnn.distributed``: "train" and "search"."""
     parser = argparse.ArgumentParser(prog="python -m cifar100cnn.distributed",
                                      description="Training (TF_CONFIG) and the third model's "
                                                  "search (KERASTUNER_*) over several machines.")
     commands = parser.add_subparsers(dest="command", required=True)
     train_command = commands.add_parser("train", help="MultiWorkerMirroredStrategy training")
-    train_command.add_argument("--model", choices=MODELS, default="third")
+    train_command.add_argument("--model", choices=MODELS, default="third",
+                               help="the model to train (default: third)")
+    train_command.add_argument("--third-preset", choices=recipes.THIRD_PRESETS,
+                               default=recipes.SHIPPED_THIRD_PRESET,
+                               help="the recipe of --model third (default: the committed "
+                                    f"model's, {recipes.SHIPPED_THIRD_PRESET})")
     train_command.add_argument("--out", default=".", help="folder of models/ (on the chief)")
     train_command.add_argument("--epochs", type=int, default=None, help="default: the recipe's")
     train_command.add_argument("--precision", default="auto",
-                               choices=("auto", "float32", "mixed_float16", "mixed_bfloat16"))
+                               choices=("auto", "float32", "mixed_float16", "mixed_bfloat16"),
+                               help="training precision (default auto: mixed_float16 on a GPU, "
+                                    "mixed_bfloat16 on a CPU with native bfloat16, else float32)")
     search_command = commands.add_parser("search", help="keras-tuner search of the third model")
     search_command.add_argument("--budget", type=int, default=6, help="trials in all")
     search_command.add_argument("--epochs", type=int, default=10, help="most epochs of a trial")
@@ -149,7 +161,9 @@ def parse_args(argv=None):
                                 help="first-block widths of the tuned network to try "
                                      "(default 96 128)")
     for command in (train_command, search_command):
-        command.add_argument("--data", choices=("cifar100", "synthetic"), default="cifar100")
+        command.add_argument("--data", choices=("cifar100", "synthetic"), default="cifar100",
+                             help="the dataset (default cifar100; synthetic: CIFAR-shaped "
+                                  "random images, for smoke tests)")
         command.add_argument("--archive", default=None,
                              help="local cifar-100-python.tar.gz (default: $CIFAR100_ARCHIVE, "
                                   "else download)")
@@ -160,8 +174,13 @@ def parse_args(argv=None):
         command.add_argument("--limit", type=int, default=None, metavar="N",
                              help="only the first N training and N/4 validation images "
                                   "(smoke tests)")
-        command.add_argument("--seed", type=int, default=0)
-    return parser.parse_args(argv)
+        command.add_argument("--seed", type=int, default=0,
+                             help="random seed, the same on every machine (default 0)")
+    return parser
+
+
+def parse_args(argv=None):
+    return build_parser().parse_args(argv)
 
 
 def load_data(args):
@@ -186,7 +205,7 @@ def check_environment(command):
     elif tuning.tuner_role() is None:
         raise ValueError("set KERASTUNER_TUNER_ID ('chief' on the oracle's machine, a name of "
                          "its own on each worker), KERASTUNER_ORACLE_IP and "
-                         "KERASTUNER_ORACLE_PORT (see README, 'More than one machine').")
+                         "KERASTUNER_ORACLE_PORT (see docs/distributed.md).")
 
 
 def main(argv=None):
@@ -199,7 +218,7 @@ def main(argv=None):
     if args.command == "train":
         _, history, path = train(args.model, load_data(args),
                                  os.path.join(args.out, "models"), args.epochs, args.seed,
-                                 args.precision)
+                                 args.precision, third_preset=args.third_preset)
         where = f"saved {path}" if path else "not saved here (the chief saves it)"
         print(f"RESULT {args.model}: {len(history['loss'])} epoch(s), best val_accuracy "
               f"{max(history['val_accuracy']):.4f}; {where}", flush=True)

@@ -15,6 +15,8 @@ OPTIMIZERS = ("rmsprop", "sgd")
 INPUT_NORMS = ("dataset", "image")
 # The recipes that can be *the* third model (``recipes.recipe(f"third_{preset}")``).
 THIRD_PRESETS = ("tuned", "original", "robust")
+# The preset of the committed third model (models/cifar100_third_cnn.keras): the CLIs' default.
+SHIPPED_THIRD_PRESET = "robust"
 
 
 @dataclasses.dataclass(frozen=True)

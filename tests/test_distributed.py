@@ -124,10 +124,29 @@ def test_command_without_its_variables_exits_with_one_clear_line(command, monkey
     assert ("TF_CONFIG is not set" if command == "train" else "set KERASTUNER_TUNER_ID") in error
 
 
+def test_every_option_of_both_commands_has_help():
+    commands = next(action for action in distributed.build_parser()._actions
+                    if action.dest == "command").choices
+    missing = [(name, action.dest) for name, command in commands.items()
+               for action in command._actions if action.dest != "help" and not action.help]
+    assert sorted(commands) == ["search", "train"] and missing == []
+
+
 def test_limit_cuts_the_data_for_smoke_tests():
     args = distributed.parse_args(["train", "--model", "baseline", *SMALL])
     dataset = distributed.load_data(args)
     assert (len(dataset.x_train), len(dataset.y_train), len(dataset.x_val)) == (400, 400, 100)
+
+
+@pytest.mark.parametrize("preset", ["robust", "tuned"])
+def test_third_trains_the_recipe_of_its_preset_by_default_the_committed_models(preset):
+    args = distributed.parse_args(["train", *SMALL] + (["--third-preset", preset] if preset == "tuned" else []))
+    assert args.third_preset == preset
+    build, recipe_name = distributed.builder("third", distributed.load_data(args), args.third_preset)
+    assert recipe_name == f"third_{preset}"
+    names = [layer.name for layer in build().layers]
+    # Only the robust recipe standardizes each image on its own (input_norm "image").
+    assert ("standardize_image" in names) == (preset == "robust"), names
 
 
 # ---------------------------------------------------------------------------
