@@ -146,9 +146,9 @@ def build_parser():
     train_command.add_argument("--out", default=".", help="folder of models/ (on the chief)")
     train_command.add_argument("--epochs", type=int, default=None, help="default: the recipe's")
     train_command.add_argument("--precision", default="auto",
-                               choices=("auto", "float32", "mixed_float16", "mixed_bfloat16"),
+                               choices=hardware.PRECISIONS,
                                help="training precision (default auto: mixed_float16 on a GPU, "
-                                    "mixed_bfloat16 on a CPU with native bfloat16, else float32)")
+                                    "mixed_bfloat16 on CPUs with AMX or AVX512-BF16, else float32)")
     search_command = commands.add_parser("search", help="keras-tuner search of the third model")
     search_command.add_argument("--budget", type=int, default=6, help="trials in all")
     search_command.add_argument("--epochs", type=int, default=10, help="most epochs of a trial")
